@@ -1,0 +1,57 @@
+# Agentry: `make run` starts the whole platform, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONPATH := $(CURDIR):$(CURDIR)/libs/protos
+export BUF_CACHE_DIR := $(CURDIR)/.cache/buf
+
+PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+GEN_DIR := libs/protos
+
+.PHONY: venv run test lint format protos check-protos bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+run: venv
+	$(PY) -m dev.run
+
+test: venv lint check-protos
+	$(PY) -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint protos
+	$(BIN)/buf format --diff --exit-code protos
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/buf format -w protos
+
+# Generated code lives in libs/protos only, written by this target and committed.
+protos: venv
+	rm -rf $(GEN_DIR)/agentry
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
+		--mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) $(PROTO_FILES)
+
+# Fails when the committed generated code differs from what the protos generate.
+check-protos: venv
+	rm -rf .cache/protos-check && mkdir -p .cache/protos-check
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=.cache/protos-check --grpc_python_out=.cache/protos-check \
+		--mypy_out=.cache/protos-check --mypy_grpc_out=.cache/protos-check $(PROTO_FILES)
+	diff -r .cache/protos-check/agentry $(GEN_DIR)/agentry || \
+		(echo "libs/protos is stale: run 'make protos' and commit" >&2; exit 1)
+
+bench: venv
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .cache .dev

@@ -1,0 +1,28 @@
+"""PostgreSQL through SQLAlchemy 2 async on psycopg 3. No session state outlives a
+transaction, so the same code runs behind a transaction-mode pooler."""
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """`postgresql://…` as users write it, with the psycopg 3 driver SQLAlchemy needs."""
+    url = make_url(database_url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        sqlalchemy_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # Prepared statements do not survive a transaction-mode pooler.
+        connect_args={"prepare_threshold": None},
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)

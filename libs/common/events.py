@@ -1,0 +1,143 @@
+"""The event envelope and its two paths: a durable Redis stream read by consumer groups
+(nothing missed while a consumer restarts) and pub/sub for live fan-out."""
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+from agentry.events.v1 import events_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import ResponseError
+
+from libs.common.redis_client import Keys
+
+_FIELD = b"e"
+
+
+def make_event(type_: str, subject: str, data: Any, source: str) -> events_pb2.Event:
+    event = events_pb2.Event(
+        id=uuid.uuid4().hex,
+        type=type_,
+        subject=subject,
+        data=json.dumps(data, separators=(",", ":")).encode(),
+        source=source,
+    )
+    event.time.GetCurrentTime()
+    return event
+
+
+def event_data(event: events_pb2.Event) -> Any:
+    return json.loads(event.data) if event.data else None
+
+
+def event_time(event: events_pb2.Event) -> float:
+    ts: Timestamp = event.time
+    return ts.seconds + ts.nanos / 1e9
+
+
+class EventBus:
+    """Publishes to the durable stream and to pub/sub in one round trip."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, source: str, maxlen: int = 1_000_000):
+        self._redis = client
+        self._keys = keys
+        self._source = source
+        self._maxlen = maxlen
+
+    async def publish(self, type_: str, subject: str, data: Any = None) -> events_pb2.Event:
+        event = make_event(type_, subject, data, self._source)
+        await self.publish_events([event])
+        return event
+
+    async def publish_events(self, events: Sequence[events_pb2.Event]) -> None:
+        if not events:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                raw = event.SerializeToString()
+                pipe.xadd(
+                    self._keys.event_stream(), {_FIELD: raw}, maxlen=self._maxlen, approximate=True
+                )
+                pipe.publish(self._keys.event_channel(), raw)
+            await pipe.execute()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message_id: bytes
+    event: events_pb2.Event
+
+
+class EventConsumer:
+    """Reads the event stream as one member of a consumer group. Messages another member
+    took but did not acknowledge within `min_idle_ms` are claimed again, so a consumer that
+    died loses nothing; a group that vanished with Redis's data is created again."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        group: str,
+        consumer: str,
+        batch: int = 100,
+        block_ms: int = 1000,
+        min_idle_ms: int = 30_000,
+    ) -> None:
+        self._redis = client
+        self._stream = keys.event_stream()
+        self._group = group
+        self._consumer = consumer
+        self._batch = batch
+        self._block_ms = block_ms
+        self._min_idle_ms = min_idle_ms
+        self._claim_cursor = b"0-0"
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self) -> list[Delivery]:
+        """The next batch: first what others left pending too long, then new messages."""
+        try:
+            claimed = await self._claim_stale()
+            if claimed:
+                return claimed
+            reply = await self._redis.xreadgroup(
+                self._group,
+                self._consumer,
+                {self._stream: ">"},
+                count=self._batch,
+                block=self._block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return []
+        return [self._delivery(mid, fields) for _, messages in reply or [] for mid, fields in messages]
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            await self._redis.xack(self._stream, self._group, *[d.message_id for d in deliveries])
+
+    async def _claim_stale(self) -> list[Delivery]:
+        cursor, messages, _ = await self._redis.xautoclaim(
+            self._stream,
+            self._group,
+            self._consumer,
+            min_idle_time=self._min_idle_ms,
+            start_id=self._claim_cursor,
+            count=self._batch,
+        )
+        self._claim_cursor = cursor
+        return [self._delivery(mid, fields) for mid, fields in messages if fields]
+
+    @staticmethod
+    def _delivery(message_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
+        return Delivery(message_id, events_pb2.Event.FromString(fields[_FIELD]))

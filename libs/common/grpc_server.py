@@ -1,0 +1,83 @@
+"""The gRPC server every service runs: grpc.aio, the standard health service, reflection,
+the interceptor chain, and a drain on SIGTERM."""
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from libs.common.grpc_errors import ErrorInterceptor
+from libs.common.settings import GrpcServerSettings
+
+log = structlog.get_logger(__name__)
+
+# (add_XServicer_to_server, servicer, full service name)
+ServiceBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
+
+
+class GrpcServer:
+    """Owns the server and its health status. Health is NOT_SERVING until `set_serving(True)`
+    (the agent is INITIALIZED) and again while draining."""
+
+    def __init__(
+        self,
+        settings: GrpcServerSettings,
+        services: Sequence[ServiceBinding],
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self._settings = settings
+        self._service_names = [name for _, _, name in services]
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(), *interceptors], options=options
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        for add, servicer, _ in services:
+            add(servicer, self._server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection(
+            [*self._service_names, health_name, reflection.SERVICE_NAME], self._server
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        address = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
+        self.port = self._server.add_insecure_port(address)
+        await self.set_serving(False)
+        await self._server.start()
+        log.info("grpc server started", address=f"{self._settings.grpc_host}:{self.port}")
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._service_names]:
+            await self._health.set(name, status)
+
+    async def stop(self) -> None:
+        """Refuses new calls and gives in-flight ones the grace period."""
+        await self.set_serving(False)
+        await self._server.stop(self._settings.shutdown_grace_s)
+        log.info("grpc server stopped")
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,38 @@
+"""Redis through redis.asyncio, and the key layout. Keys one script or pipeline touches
+together share a hash tag, so the same code runs on a Redis Cluster."""
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def create_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        health_check_interval=15,
+        socket_keepalive=True,
+        socket_connect_timeout=5,
+        retry=Retry(EqualJitterBackoff(cap=1.0, base=0.01), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+class Keys:
+    """Every key Agentry writes, under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def queue_stream(self, queue: str) -> str:
+        return f"{self.prefix}:{{q:{queue}}}:stream"
+
+    def event_stream(self) -> str:
+        return f"{self.prefix}:{{events}}:stream"
+
+    def event_channel(self) -> str:
+        return f"{self.prefix}:events"
+
+    def task_cache(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
