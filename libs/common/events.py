@@ -3,15 +3,16 @@
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
-from agentry.events.v1 import events_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ResponseError
 
+from agentry.events.v1 import events_pb2
 from libs.common.redis_client import Keys
 
 _FIELD = b"e"
@@ -47,6 +48,20 @@ class EventBus:
         self._source = source
         self._maxlen = maxlen
 
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator["Subscription"]:
+        """Live events from pub/sub, from now on (no history: read the stream for that)."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._keys.event_channel())
+        try:
+            yield Subscription(pubsub)
+        finally:
+            await pubsub.aclose()
+
     async def publish(self, type_: str, subject: str, data: Any = None) -> events_pb2.Event:
         event = make_event(type_, subject, data, self._source)
         await self.publish_events([event])
@@ -63,6 +78,23 @@ class EventBus:
                 )
                 pipe.publish(self._keys.event_channel(), raw)
             await pipe.execute()
+
+
+class Subscription:
+    def __init__(self, pubsub: "redis.client.PubSub") -> None:
+        self._pubsub = pubsub
+
+    async def next(self) -> events_pb2.Event:
+        while True:
+            message = await self._pubsub.get_message(timeout=None)
+            if message is not None and message["type"] == "message":
+                return events_pb2.Event.FromString(message["data"])
+
+    async def next_for(self, subject: str) -> events_pb2.Event:
+        while True:
+            event = await self.next()
+            if event.subject == subject:
+                return event
 
 
 @dataclass(frozen=True)
@@ -120,7 +152,9 @@ class EventConsumer:
                 raise
             await self.ensure_group()
             return []
-        return [self._delivery(mid, fields) for _, messages in reply or [] for mid, fields in messages]
+        return [
+            self._delivery(mid, fields) for _, messages in reply or [] for mid, fields in messages
+        ]
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:

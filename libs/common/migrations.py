@@ -26,14 +26,13 @@ def run_env(schema: str) -> None:
     transaction-level advisory lock."""
     url = context.config.attributes["database_url"]
     engine = create_engine(sqlalchemy_url(url), poolclass=NullPool)
-    with engine.connect() as connection:
-        with connection.begin():
-            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            context.configure(
-                connection=connection,
-                version_table_schema=schema,
-                transactional_ddl=True,
-            )
-            context.run_migrations()
+    with engine.connect() as connection, connection.begin():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        context.configure(
+            connection=connection,
+            version_table_schema=schema,
+            transactional_ddl=True,
+        )
+        context.run_migrations()
     engine.dispose()

@@ -1,0 +1,112 @@
+"""How a website's engineers write task handlers: a decorated function (async, or plain to
+run in a thread) that names its type and defaults, and gets a context."""
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from services.task_agent.model import RetryPolicy, TaskType
+
+_MARK = "__agentry_task__"
+
+
+class RetryableError(Exception):
+    """The attempt failed; try again under the retry policy."""
+
+
+class NonRetryableError(Exception):
+    """The task cannot succeed however often it is tried: no retry, straight to the
+    fallback or the dead letters."""
+
+
+@dataclass
+class TaskContext:
+    task_id: str
+    type: str
+    attempt: int
+    log: Any
+    _report: Callable[[float], Awaitable[None]]
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def heartbeat(self, progress: float) -> None:
+        """Reports progress (0..1); the agent also keeps the lease alive on its own."""
+        await self._report(max(0.0, min(1.0, progress)))
+
+
+@dataclass(frozen=True)
+class Handler:
+    task_type: TaskType
+    fn: Callable[..., Any]
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+
+def task(
+    name: str,
+    *,
+    queue: str = "default",
+    retry: RetryPolicy | None = None,
+    timeout_s: float = 60.0,
+    fallback: str | None = None,
+    rate_limit_per_s: float = 0.0,
+    concurrency_limit: int = 0,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Marks `fn(payload, ctx)` as the handler of task type `name`."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(
+            fn,
+            _MARK,
+            TaskType(
+                name=name,
+                queue=queue,
+                retry=retry or RetryPolicy(),
+                timeout_s=timeout_s,
+                fallback_type=fallback,
+                rate_limit_per_s=rate_limit_per_s,
+                concurrency_limit=concurrency_limit,
+            ),
+        )
+        return fn
+
+    return mark
+
+
+class Handlers:
+    """The handlers one agent serves, found in the modules it was started on."""
+
+    def __init__(self, handlers: Iterable[Handler]) -> None:
+        self._by_type = {h.task_type.name: h for h in handlers}
+
+    @classmethod
+    def from_modules(cls, names: Iterable[str]) -> "Handlers":
+        found = []
+        for name in names:
+            module = importlib.import_module(name)
+            for value in vars(module).values():
+                spec = getattr(value, _MARK, None)
+                if isinstance(spec, TaskType):
+                    found.append(Handler(spec, value))
+        return cls(found)
+
+    def get(self, type_: str) -> Handler | None:
+        return self._by_type.get(type_)
+
+    @property
+    def types(self) -> list[TaskType]:
+        return [h.task_type for h in self._by_type.values()]
+
+    @property
+    def queues(self) -> list[str]:
+        return sorted({h.task_type.queue for h in self._by_type.values()})
+
+
+def bound_logger(task_id: str, type_: str, attempt: int) -> Any:
+    return structlog.get_logger("task").bind(task_id=task_id, task_type=type_, attempt=attempt)

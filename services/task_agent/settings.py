@@ -1,0 +1,15 @@
+from libs.common.settings import GrpcServerSettings
+
+
+class TaskAgentSettings(GrpcServerSettings):
+    grpc_port: int = 50051
+    # Modules whose decorated handlers this agent serves (as `celery -A proj worker`).
+    handler_modules: list[str] = ["services.task_agent.builtins"]
+    # Handlers running at once in this process.
+    concurrency: int = 100
+    # A running task's lease; renewed every third of it while its handler runs.
+    lease_s: float = 30.0
+    max_payload_bytes: int = 1024 * 1024
+    reconcile_interval_s: float = 5.0
+    # A pending task still not claimed this long after its dispatch is dispatched again.
+    redispatch_after_s: float = 30.0

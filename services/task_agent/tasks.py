@@ -1,0 +1,244 @@
+"""What TaskService does, free of gRPC: submit, read, cancel and redrive tasks, keeping
+Postgres, the dispatch streams and the event stream in step."""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from libs.common.events import EventBus, make_event
+from services.task_agent.dispatch import Dispatcher
+from services.task_agent.model import DeadLetter, NewTask, Task, TaskState, TaskType
+from services.task_agent.store import TaskStore
+from services.task_agent.submission import Submission, check_payload, validate
+
+MAX_BATCH = 1000
+MAX_PAGE = 500
+
+
+def parse_id(value: str, what: str = "task_id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidArgument(f"{what} {value!r} is not a valid id") from None
+
+
+def task_event_data(task: Task) -> dict[str, Any]:
+    return {
+        "id": str(task.id),
+        "type": task.type,
+        "state": task.state.value,
+        "queue": task.queue,
+        "attempts": task.attempts,
+        "agent": task.agent,
+        "error": task.error_message,
+        "reason": task.error_reason,
+        "created_at": task.created_at.timestamp(),
+        "started_at": task.started_at.timestamp() if task.started_at else None,
+        "finished_at": task.finished_at.timestamp() if task.finished_at else None,
+    }
+
+
+EVENT_BY_STATE = {
+    TaskState.QUEUED: "task.queued",
+    TaskState.RUNNING: "task.started",
+    TaskState.RETRYING: "task.retrying",
+    TaskState.SUCCEEDED: "task.succeeded",
+    TaskState.FAILED: "task.failed",
+    TaskState.CANCELLED: "task.cancelled",
+}
+
+
+async def publish_changes(events: EventBus, changed: Sequence[Task]) -> None:
+    await events.publish_events(
+        [
+            make_event(EVENT_BY_STATE[t.state], f"task/{t.id}", task_event_data(t), events.source)
+            for t in changed
+        ]
+    )
+
+
+class TypeCatalog:
+    """Task types any live agent serves, read from Postgres at most every `ttl_s`."""
+
+    def __init__(self, store: TaskStore, local: Sequence[TaskType], ttl_s: float = 2.0):
+        self._store = store
+        self._local = {t.name: t for t in local}
+        self._ttl_s = ttl_s
+        self._cached: dict[str, TaskType] = {}
+        self._read_at = float("-inf")
+
+    async def known(self) -> dict[str, TaskType]:
+        if time.monotonic() - self._read_at > self._ttl_s:
+            self._cached = {t.name: t for t in await self._store.list_types(seen_within_s=120)}
+            self._read_at = time.monotonic()
+        return {**self._cached, **self._local}
+
+    async def listed(self) -> list[TaskType]:
+        self._read_at = float("-inf")
+        return sorted((await self.known()).values(), key=lambda t: t.name)
+
+
+class Tasks:
+    def __init__(
+        self,
+        store: TaskStore,
+        dispatcher: Dispatcher,
+        events: EventBus,
+        catalog: TypeCatalog,
+        max_payload_bytes: int,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._events = events
+        self._catalog = catalog
+        self._max_payload_bytes = max_payload_bytes
+
+    async def submit(self, batch: Sequence[Submission]) -> list[tuple[Task, bool]]:
+        """Validates the whole batch first: one bad submission stores nothing."""
+        if not batch:
+            raise InvalidArgument("no tasks given")
+        if len(batch) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} tasks per batch, got {len(batch)}")
+        now = datetime.now(UTC)
+        types = await self._catalog.known()
+        new = []
+        for index, sub in enumerate(batch):
+            try:
+                new.append(validate(sub, types, self._max_payload_bytes, now))
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"tasks[{index}]: {exc}" if len(batch) > 1 else str(exc)
+                ) from None
+        return await self._store_and_dispatch(new, now)
+
+    async def _store_and_dispatch(
+        self, new: Sequence[NewTask], now: datetime
+    ) -> list[tuple[Task, bool]]:
+        stored = await self._store.insert(new, now)
+        created = [task for task, was_created in stored if was_created]
+        await self.dispatch(created, now)
+        await publish_changes(self._events, created)
+        return stored
+
+    async def dispatch(self, tasks: Sequence[Task | NewTask], now: datetime) -> None:
+        await self._dispatcher.dispatch((t.id, t.queue) for t in tasks if t.run_at <= now)
+        await self._dispatcher.schedule((t.id, t.queue, t.run_at) for t in tasks if t.run_at > now)
+
+    async def get(self, task_id: str) -> Task:
+        task = await self._store.get(parse_id(task_id))
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        return task
+
+    async def list_tasks(
+        self,
+        state: TaskState | None,
+        type_: str | None,
+        queue: str | None,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Task], str]:
+        size = min(page_size or 50, MAX_PAGE)
+        after = _decode_cursor(page_token) if page_token else None
+        found = await self._store.list_tasks(state, type_, queue, size + 1, after)
+        if len(found) <= size:
+            return found, ""
+        last = found[size - 1]
+        return found[:size], _encode_cursor(last.created_at, last.id)
+
+    async def cancel(self, task_id: str, reason: str) -> Task:
+        task = await self._store.cancel(parse_id(task_id), reason or "cancelled by request")
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        if task.state == TaskState.CANCELLED:
+            await publish_changes(self._events, [task])
+        elif task.state != TaskState.RUNNING:
+            raise FailedPrecondition(f"task {task_id} is already {task.state.value}")
+        return task
+
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        """The task now, then after every change until it is terminal."""
+        task = await self.get(task_id)
+        yield task
+        subject = f"task/{task.id}"
+        async with self._events.subscribe() as events:
+            last = task
+            while not last.state.terminal:
+                try:
+                    event = await asyncio.wait_for(events.next_for(subject), timeout=5.0)
+                except TimeoutError:
+                    event = None  # a missed message costs one read, not a stuck watch
+                current = await self.get(task_id)
+                if event is not None or current.updated_at != last.updated_at:
+                    if current.updated_at != last.updated_at:
+                        yield current
+                    last = current
+
+    async def dead_letters(
+        self, queue: str | None, type_: str | None, page_size: int, page_token: str
+    ) -> tuple[list[DeadLetter], str]:
+        size = min(page_size or 50, MAX_PAGE)
+        try:
+            offset = int(page_token) if page_token else 0
+        except ValueError:
+            raise InvalidArgument("page_token is not valid") from None
+        found = await self._store.list_dead_letters(queue, type_, size + 1, offset)
+        return found[:size], str(offset + size) if len(found) > size else ""
+
+    async def redrive(self, dead_letter_id: str, payload: bytes | None) -> Task:
+        letter = await self._store.get_dead_letter(parse_id(dead_letter_id, "dead_letter_id"))
+        if letter is None:
+            raise NotFound(f"dead letter {dead_letter_id} not found")
+        if letter.redriven_task_id:
+            raise FailedPrecondition(
+                f"dead letter {dead_letter_id} was already redriven as task {letter.redriven_task_id}"
+            )
+        old = letter.task
+        now = datetime.now(UTC)
+        new = NewTask(
+            type=old.type,
+            payload=check_payload(payload, self._max_payload_bytes)
+            if payload is not None
+            else old.payload,
+            queue=old.queue,
+            priority=old.priority,
+            retry=old.retry,
+            timeout_s=old.timeout_s,
+            run_at=now,
+            fallback_type=old.fallback_type,
+            concurrency_key=old.concurrency_key,
+            parent_id=old.id,
+            labels=old.labels,
+        )
+        task = await self._store.redrive(letter.id, new, now)
+        if task is None:
+            raise FailedPrecondition(f"dead letter {dead_letter_id} was already redriven")
+        await self.dispatch([task], now)
+        await publish_changes(self._events, [task])
+        return task
+
+    async def purge(self, queue: str | None, type_: str | None, older_than: datetime | None) -> int:
+        return await self._store.purge_dead_letters(queue, type_, older_than)
+
+    async def types(self) -> list[TaskType]:
+        return await self._catalog.listed()
+
+    async def queue_stats(self) -> list[tuple[str, int, float, int]]:
+        return await self._store.queue_stats()
+
+
+def _encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    return json.dumps([created_at.isoformat(), str(task_id)]).encode().hex()
+
+
+def _decode_cursor(token: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, task_id = json.loads(bytes.fromhex(token))
+        return datetime.fromisoformat(created), uuid.UUID(task_id)
+    except (ValueError, TypeError):
+        raise InvalidArgument("page_token is not valid") from None
