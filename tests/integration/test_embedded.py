@@ -1,4 +1,4 @@
-"""Real servers from dev.embedded: round trips, clean stop, and no orphans when the parent is SIGKILLed."""
+"""Real servers from dev.embedded: round trips, clean stops, no orphans after a parent SIGKILL."""
 
 from __future__ import annotations
 

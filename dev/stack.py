@@ -1,0 +1,144 @@
+"""The four services as four processes on one machine: what `make run` starts, and what the
+end-to-end tests start. Each child dies with its parent (parent-death signal)."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dev.embedded import death_signal_hook
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+GRPC_SERVICES = ("task_agent", "orchestrator", "analysis")
+
+
+@dataclass(frozen=True)
+class Ports:
+    task_agent: int = 50051
+    orchestrator: int = 50052
+    analysis: int = 50053
+    gateway: int = 8080
+
+    def grpc(self, service: str) -> int:
+        port: int = getattr(self, service)
+        return port
+
+
+class Stack:
+    def __init__(
+        self,
+        database_url: str,
+        redis_url: str,
+        ports: Ports,
+        env: Mapping[str, str],
+        log_dir: Path | None = None,
+    ) -> None:
+        self.ports = ports
+        self.gateway_url = f"http://127.0.0.1:{ports.gateway}"
+        self._log_dir = log_dir
+        self._env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "libs/protos")]),
+            "PYTHONUNBUFFERED": "1",
+            "AGENTRY_DATABASE_URL": database_url,
+            "AGENTRY_REDIS_URL": redis_url,
+            "AGENTRY_TASK_SERVICE_ADDRESS": f"127.0.0.1:{ports.task_agent}",
+            "AGENTRY_WORKFLOW_SERVICE_ADDRESS": f"127.0.0.1:{ports.orchestrator}",
+            "AGENTRY_ANALYSIS_SERVICE_ADDRESS": f"127.0.0.1:{ports.analysis}",
+            **env,
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    def start(self) -> None:
+        for service in (*GRPC_SERVICES, "gateway"):
+            env = dict(self._env)
+            if service == "gateway":
+                env["AGENTRY_HTTP_PORT"] = str(self.ports.gateway)
+            else:
+                env["AGENTRY_GRPC_PORT"] = str(self.ports.grpc(service))
+            self.start_one(service, env)
+
+    def start_one(self, service: str, env: Mapping[str, str] | None = None) -> None:
+        out: IO[bytes] | None = None
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self._log_dir / f"{service}.log", "ab")  # noqa: SIM115 - kept open for the child
+            self._logs.append(out)
+        self.processes[service] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}.main"],
+            cwd=ROOT,
+            env=dict(env or self._env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            preexec_fn=death_signal_hook(signal.SIGTERM),
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Returns once every gRPC service answers SERVING and the gateway is ready."""
+        deadline = time.monotonic() + timeout_s
+        pending = set(self.processes)
+        while pending:
+            for service in sorted(pending):
+                self._check_alive(service)
+                if self._is_ready(service):
+                    pending.discard(service)
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"not ready after {timeout_s:.0f}s: {', '.join(sorted(pending))}"
+                )
+            if pending:
+                time.sleep(0.1)
+
+    def _check_alive(self, service: str) -> None:
+        code = self.processes[service].poll()
+        if code is not None:
+            where = f"; see {self._log_dir / f'{service}.log'}" if self._log_dir else ""
+            raise RuntimeError(f"{service} exited with code {code} while starting{where}")
+
+    def _is_ready(self, service: str) -> bool:
+        if service == "gateway":
+            try:
+                return httpx.get(f"{self.gateway_url}/readyz", timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+        with grpc.insecure_channel(f"127.0.0.1:{self.ports.grpc(service)}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0
+                )
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float = 15.0) -> dict[str, int]:
+        """SIGTERM to every service, SIGKILL to any still alive after the grace period;
+        answers the exit codes."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        codes = {}
+        for service, proc in self.processes.items():
+            try:
+                codes[service] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", service, grace_s)
+                proc.kill()
+                codes[service] = proc.wait()
+        for out in self._logs:
+            out.close()
+        return codes

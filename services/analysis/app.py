@@ -1,0 +1,71 @@
+"""The analysis process: AnalysisService, and the durable consumer that keeps history.
+Reports, insights and canary verdicts answer UNIMPLEMENTED until the analysis issue builds
+them."""
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agentry.analysis.v1 import analysis_pb2, analysis_pb2_grpc
+from libs.common.db import create_engine
+from libs.common.events import EventConsumer
+from libs.common.redis_client import Keys, create_redis
+from libs.common.service import GrpcApp
+from services.analysis.history import count_by_minute
+from services.analysis.settings import AnalysisSettings
+from services.analysis.store import HistoryStore
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+CONSUMER_GROUP = "analysis"
+
+
+class AnalysisApp(GrpcApp):
+    role = "analysis"
+
+    def __init__(self, settings: AnalysisSettings) -> None:
+        super().__init__(
+            settings,
+            [
+                (
+                    analysis_pb2_grpc.add_AnalysisServiceServicer_to_server,
+                    analysis_pb2_grpc.AnalysisServiceServicer(),
+                    analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name,
+                )
+            ],
+            MIGRATIONS,
+        )
+        self._engine = create_engine(settings.database_url, pool_size=4)
+        self._redis = create_redis(settings.redis_url)
+        self.history = HistoryStore(self._engine)
+        self._consumer = EventConsumer(
+            self._redis,
+            Keys(settings.redis_prefix),
+            group=CONSUMER_GROUP,
+            consumer=settings.instance,
+            batch=settings.event_batch,
+        )
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._keep_history()]
+
+    async def _keep_history(self) -> None:
+        """Folds every event into the rollups, acknowledging only what was written, so a
+        restart resumes where the last one stopped."""
+        await self._consumer.ensure_group()
+        while not self._stop.is_set():
+            try:
+                deliveries = await self._consumer.read()
+                await self.history.add_counts(count_by_minute(d.event for d in deliveries))
+                await self._consumer.ack(deliveries)
+            except Exception:
+                log.exception("history round failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._engine.dispose()

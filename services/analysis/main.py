@@ -1,0 +1,14 @@
+from libs.common.logging import configure_logging
+from libs.common.service import run
+from services.analysis.app import AnalysisApp
+from services.analysis.settings import AnalysisSettings
+
+
+def main() -> None:
+    settings = AnalysisSettings()
+    configure_logging(AnalysisApp.role, settings.instance, settings.log_format, settings.log_level)
+    run(lambda: AnalysisApp(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""/v1/tasks and /v1/dead-letters: TaskService over REST."""
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Query, Request, status
+
+from agentry.tasks.v1 import tasks_pb2
+from services.gateway.auth import Operator, Viewer
+from services.gateway.clients import Services
+from services.gateway.models import (
+    BatchIn,
+    BatchOut,
+    CancelIn,
+    DeadLetterOut,
+    DeadLetterPage,
+    RedriveIn,
+    TaskIn,
+    TaskOut,
+    TaskPage,
+)
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+
+TaskState = Annotated[
+    str | None,
+    Query(pattern="^(QUEUED|RUNNING|RETRYING|SUCCEEDED|FAILED|CANCELLED)$"),
+]
+PageSize = Annotated[int, Query(ge=1, le=500)]
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+@router.post("/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
+async def submit_task(
+    request: Request,
+    task: TaskIn,
+    principal: Operator,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> TaskOut:
+    services = _services(request)
+    reply = await services.call(
+        services.tasks.SubmitTask,
+        tasks_pb2.SubmitTaskRequest(task=task.to_proto(idempotency_key)),
+    )
+    return TaskOut.from_proto(reply.task)
+
+
+@router.post("/tasks/batch", status_code=status.HTTP_201_CREATED, response_model=BatchOut)
+async def submit_tasks(request: Request, batch: BatchIn, principal: Operator) -> BatchOut:
+    services = _services(request)
+    reply = await services.call(
+        services.tasks.SubmitTasks,
+        tasks_pb2.SubmitTasksRequest(tasks=[t.to_proto() for t in batch.tasks]),
+    )
+    return BatchOut(tasks=[TaskOut.from_proto(t) for t in reply.tasks])
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut)
+async def get_task(request: Request, task_id: str, principal: Viewer) -> TaskOut:
+    services = _services(request)
+    reply = await services.call(services.tasks.GetTask, tasks_pb2.GetTaskRequest(task_id=task_id))
+    return TaskOut.from_proto(reply.task)
+
+
+@router.get("/tasks", response_model=TaskPage)
+async def list_tasks(
+    request: Request,
+    principal: Viewer,
+    state: TaskState = None,
+    type: str | None = None,
+    queue: str | None = None,
+    page_size: PageSize = 50,
+    page_token: str = "",
+) -> TaskPage:
+    services = _services(request)
+    reply = await services.call(
+        services.tasks.ListTasks,
+        tasks_pb2.ListTasksRequest(
+            state=tasks_pb2.TaskState.Value(f"TASK_STATE_{state}") if state else 0,
+            type=type or "",
+            queue=queue or "",
+            page_size=page_size,
+            page_token=page_token,
+        ),
+    )
+    return TaskPage(
+        items=[TaskOut.from_proto(t) for t in reply.tasks],
+        next_page_token=reply.next_page_token or None,
+    )
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=TaskOut)
+async def cancel_task(
+    request: Request,
+    task_id: str,
+    principal: Operator,
+    body: Annotated[CancelIn | None, Body()] = None,
+) -> TaskOut:
+    services = _services(request)
+    reply = await services.call(
+        services.tasks.CancelTask,
+        tasks_pb2.CancelTaskRequest(task_id=task_id, reason=body.reason if body else ""),
+    )
+    return TaskOut.from_proto(reply.task)
+
+
+@router.get("/dead-letters", response_model=DeadLetterPage)
+async def list_dead_letters(
+    request: Request,
+    principal: Viewer,
+    type: str | None = None,
+    queue: str | None = None,
+    page_size: PageSize = 50,
+    page_token: str = "",
+) -> DeadLetterPage:
+    services = _services(request)
+    reply = await services.call(
+        services.tasks.ListDeadLetters,
+        tasks_pb2.ListDeadLettersRequest(
+            type=type or "", queue=queue or "", page_size=page_size, page_token=page_token
+        ),
+    )
+    return DeadLetterPage(
+        items=[DeadLetterOut.from_proto(d) for d in reply.dead_letters],
+        next_page_token=reply.next_page_token or None,
+    )
+
+
+@router.post(
+    "/dead-letters/{dead_letter_id}/redrive",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskOut,
+)
+async def redrive_dead_letter(
+    request: Request,
+    dead_letter_id: str,
+    principal: Operator,
+    body: Annotated[RedriveIn | None, Body()] = None,
+) -> TaskOut:
+    services = _services(request)
+    redrive = tasks_pb2.RedriveDeadLetterRequest(dead_letter_id=dead_letter_id)
+    if body is not None and "payload" in body.model_fields_set:
+        redrive.payload = json.dumps(body.payload, separators=(",", ":")).encode()
+    reply = await services.call(services.tasks.RedriveDeadLetter, redrive)
+    return TaskOut.from_proto(reply.task)

@@ -1,0 +1,20 @@
+from pathlib import Path
+
+from libs.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    task_service_address: str = "127.0.0.1:50051"
+    workflow_service_address: str = "127.0.0.1:50052"
+    analysis_service_address: str = "127.0.0.1:50053"
+    # Request bodies past this size are refused with 413 before they are read.
+    max_body_bytes: int = 1024 * 1024 + 64 * 1024
+    # Seconds a call to a service may take before the client gets 504.
+    rpc_timeout_s: float = 10.0
+    # Public key (PEM) that verifies the bearer tokens of people and programs.
+    jwt_public_key_file: Path | None = None
+    jwt_audience: str = "agentry-gateway"
+    # Serving without authentication takes this explicit setting, and is logged loudly.
+    auth_disabled: bool = False

@@ -1,0 +1,16 @@
+from libs.common.logging import configure_logging
+from libs.common.service import run
+from services.orchestrator.app import OrchestratorApp
+from services.orchestrator.settings import OrchestratorSettings
+
+
+def main() -> None:
+    settings = OrchestratorSettings()
+    configure_logging(
+        OrchestratorApp.role, settings.instance, settings.log_format, settings.log_level
+    )
+    run(lambda: OrchestratorApp(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from agentry.tasks.v1 import tasks_pb2_grpc
+
+from services.task_agent.app import TaskAgentApp
+from services.task_agent.settings import TaskAgentSettings
+
+_instances = itertools.count(1)
+
+MakeAgent = Callable[..., Awaitable[TaskAgentApp]]
+
+
+@pytest.fixture
+async def make_task_agent(
+    clean_db: str, redis_url: str, redis_prefix: str
+) -> AsyncIterator[MakeAgent]:
+    """Starts real task agents in this process, each a grpc.aio server on a free port,
+    sharing this test's database and Redis prefix; stops those still running at the end."""
+    running: list[TaskAgentApp] = []
+
+    async def make(**overrides: Any) -> TaskAgentApp:
+        fields: dict[str, Any] = {
+            "database_url": clean_db,
+            "redis_url": redis_url,
+            "redis_prefix": redis_prefix,
+            "grpc_port": 0,
+            "migrate_on_start": False,
+            "instance": f"test-{next(_instances)}",
+            "log_format": "console",
+            "shutdown_grace_s": 2.0,
+            "reconcile_interval_s": 0.5,
+        }
+        fields.update(overrides)
+        app = TaskAgentApp(TaskAgentSettings(**fields))
+        await app.start()
+        running.append(app)
+        return app
+
+    yield make
+    for app in running:
+        if app.lifecycle.state.value != "TERMINATED":
+            await app.stop()
+
+
+@pytest.fixture
+async def task_agent(make_task_agent: MakeAgent) -> TaskAgentApp:
+    return await make_task_agent()
+
+
+@pytest.fixture
+async def tasks_stub(task_agent: TaskAgentApp) -> AsyncIterator[tasks_pb2_grpc.TaskServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{task_agent.server.port}") as channel:
+        yield tasks_pb2_grpc.TaskServiceStub(channel)
