@@ -1,14 +1,26 @@
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
 import uvicorn
 
+from libs.common.grpc_server import stop_on_signals
 from libs.common.logging import configure_logging
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
 
-def main() -> None:
-    settings = GatewaySettings()
-    configure_logging("gateway", settings.instance, settings.log_format, settings.log_level)
-    uvicorn.run(
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: SIGTERM is ours, as in every service, and
+    the process exits 0 after the drain instead of re-raising the signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: GatewaySettings) -> None:
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.http_host,
         port=settings.http_port,
@@ -16,6 +28,18 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    server = _Server(config)
+    stop = stop_on_signals()
+    serving = asyncio.create_task(server.serve())
+    await asyncio.wait([serving, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    server.should_exit = True
+    await serving
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.instance, settings.log_format, settings.log_level)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":
