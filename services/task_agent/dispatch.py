@@ -95,7 +95,9 @@ class Dispatcher:
                 GROUP, consumer, streams, count=count, block=block_ms
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # NOGROUP: the stream or group is gone; UNBLOCKED: it went while this read waited
+            # on it (Redis 7 answers a blocked XREADGROUP so when its stream is deleted).
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
             # Redis lost its data: the groups come back, Postgres re-dispatches.
             await self.ensure_groups(queues)

@@ -81,8 +81,9 @@ def validate(
         raise InvalidArgument("idempotency_key is longer than 200 characters")
     if not 0 <= sub.timeout_s <= _MAX_TIMEOUT_S:
         raise InvalidArgument(f"timeout_s must be between 0 and {_MAX_TIMEOUT_S:.0f}")
-    if sub.deadline_s < 0:
-        raise InvalidArgument("deadline_s must not be negative")
+    # Also refuses NaN and infinity, which timedelta cannot hold.
+    if not 0 <= sub.deadline_s <= _MAX_DELAY.total_seconds():
+        raise InvalidArgument("deadline_s must be between 0 and one year")
     if sub.delay_s and sub.run_at:
         raise InvalidArgument("give delay_s or run_at, not both")
     if not 0 <= sub.delay_s <= _MAX_DELAY.total_seconds():

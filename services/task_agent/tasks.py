@@ -163,10 +163,11 @@ class Tasks:
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
         """The task now, then after every change until it is terminal."""
-        task = await self.get(task_id)
-        yield task
-        subject = f"task/{task.id}"
+        # Subscribed before the first read, so a change right after it is not missed.
         async with self._events.subscribe() as events:
+            task = await self.get(task_id)
+            yield task
+            subject = f"task/{task.id}"
             last = task
             while not last.state.terminal:
                 try:

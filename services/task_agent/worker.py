@@ -68,9 +68,10 @@ class Worker:
         """Pulls work until `stop` is set. Returns with handlers possibly still running:
         `drain` finishes or hands them back."""
         queues = self._handlers.queues
-        await self._dispatcher.ensure_groups(queues)
         loop = asyncio.get_running_loop()
+        # Before the first await: health must not read the initial 0.0 as a stalled consumer.
         self.last_read_at = loop.time()
+        await self._dispatcher.ensure_groups(queues)
         while not stop.is_set():
             free = self._concurrency - len(self._running)
             if free <= 0:
@@ -95,7 +96,9 @@ class Worker:
         if pending:
             log.info("draining", running=len(pending), grace_s=grace_s)
             await asyncio.wait(pending, timeout=grace_s)
-        left = list(self._running.values())
+        # A finished job whose result is not yet written is not handed back: the flush below
+        # records it (handing it back would refuse the result and run the task again).
+        left = [(task, job) for task, job in self._running.values() if not job.done()]
         for _, job in left:
             job.cancel()
         await asyncio.gather(*(job for _, job in left), return_exceptions=True)

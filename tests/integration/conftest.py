@@ -4,8 +4,8 @@ from typing import Any
 
 import grpc
 import pytest
-from agentry.tasks.v1 import tasks_pb2_grpc
 
+from agentry.tasks.v1 import tasks_pb2_grpc
 from services.task_agent.app import TaskAgentApp
 from services.task_agent.settings import TaskAgentSettings
 

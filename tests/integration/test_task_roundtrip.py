@@ -2,6 +2,7 @@ import json
 
 import grpc
 import pytest
+
 from agentry.tasks.v1 import tasks_pb2
 
 
@@ -35,7 +36,10 @@ async def test_echo_task_succeeds_with_its_payload_as_result(tasks_stub) -> None
     [
         (tasks_pb2.TaskSpec(type="no.such.type"), "unknown task type"),
         (tasks_pb2.TaskSpec(type="echo", payload=b"{not json"), "not valid JSON"),
-        (tasks_pb2.TaskSpec(type="echo", payload=b'"' + b"x" * (1024 * 1024) + b'"'), "over the limit"),
+        (
+            tasks_pb2.TaskSpec(type="echo", payload=b'"' + b"x" * (1024 * 1024) + b'"'),
+            "over the limit",
+        ),
         (
             tasks_pb2.TaskSpec(type="echo", retry=tasks_pb2.RetryPolicy(max_attempts=1000)),
             "max_attempts",

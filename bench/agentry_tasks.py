@@ -1,0 +1,174 @@
+"""The task agent's figures, measured as a client sees them: batches and single tasks over
+gRPC, completion read from Postgres (the source of truth)."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import psycopg
+
+from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from bench.stats import distribution
+
+log = logging.getLogger(__name__)
+
+PARKED_QUEUE = "bench-parked"  # no agent reads it: what is submitted there stays queued
+_POLL_S = 0.05
+
+
+def _specs(start: int, count: int, queue: str = "") -> list[tasks_pb2.TaskSpec]:
+    return [
+        tasks_pb2.TaskSpec(type="echo", payload=b'{"n":%d}' % i, queue=queue)
+        for i in range(start, start + count)
+    ]
+
+
+def _batches(n: int, batch: int, queue: str = "") -> list[tasks_pb2.SubmitTasksRequest]:
+    return [
+        tasks_pb2.SubmitTasksRequest(tasks=_specs(k, min(batch, n - k), queue))
+        for k in range(0, n, batch)
+    ]
+
+
+async def _submit_batches(
+    stub: tasks_pb2_grpc.TaskServiceStub, requests: Sequence[tasks_pb2.SubmitTasksRequest]
+) -> float:
+    """Submits the batches one after another; answers the seconds it took."""
+    began = time.perf_counter()
+    for request in requests:
+        reply = await stub.SubmitTasks(request, timeout=60)
+        if len(reply.tasks) != len(request.tasks):
+            raise RuntimeError(f"submitted {len(request.tasks)}, stored {len(reply.tasks)}")
+    return time.perf_counter() - began
+
+
+async def _clock_offset(conn: psycopg.AsyncConnection[Any]) -> float:
+    """Server clock minus ours, so server timestamps can be compared with client ones."""
+    sent = time.time()
+    row = await (await conn.execute("SELECT extract(epoch FROM clock_timestamp())")).fetchone()
+    assert row is not None
+    return float(row[0]) - (sent + time.time()) / 2
+
+
+async def _wait_succeeded(
+    conn: psycopg.AsyncConnection[Any], n: int, deadline_s: float, check_alive: Callable[[], None]
+) -> float:
+    """Polls until `n` tasks have SUCCEEDED; answers the perf_counter time it saw them."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        row = await (
+            await conn.execute("SELECT count(*) FROM tasks.tasks WHERE state = 'SUCCEEDED'")
+        ).fetchone()
+        if row is not None and row[0] >= n:
+            return time.perf_counter()
+        check_alive()
+        if time.monotonic() > deadline:
+            states = await (
+                await conn.execute("SELECT state, count(*) FROM tasks.tasks GROUP BY state")
+            ).fetchall()
+            raise TimeoutError(f"not all {n} tasks succeeded in {deadline_s:.0f}s: {states}")
+        await asyncio.sleep(_POLL_S)
+
+
+class AgentryBench:
+    """Runs against one started agent: `address` is its gRPC port, `database_url` its
+    database, `check_alive` raises when its process has gone."""
+
+    def __init__(self, address: str, database_url: str, check_alive: Callable[[], None]) -> None:
+        self._address = address
+        self._database_url = database_url
+        self._check_alive = check_alive
+
+    async def submit_alone(self, n: int, batch: int) -> dict[str, Any]:
+        """Submit throughput with no draining beside it: the tasks go to a queue no agent
+        reads, so the process does nothing but accept them."""
+        requests = _batches(n, batch, PARKED_QUEUE)
+        async with grpc.aio.insecure_channel(self._address) as channel:
+            seconds = await _submit_batches(tasks_pb2_grpc.TaskServiceStub(channel), requests)
+        return {"tasks": n, "batch": batch, "seconds": round(seconds, 3), "tasks_per_s": n / seconds}
+
+    async def drain(self, n: int, batch: int, deadline_s: float) -> dict[str, Any]:
+        """From the first SubmitTasks call to the moment all `n` tasks are SUCCEEDED."""
+        requests = _batches(n, batch)
+        async with (
+            grpc.aio.insecure_channel(self._address) as channel,
+            await psycopg.AsyncConnection.connect(self._database_url, autocommit=True) as conn,
+        ):
+            stub = tasks_pb2_grpc.TaskServiceStub(channel)
+            offset = await _clock_offset(conn)
+            began_wall, began = time.time(), time.perf_counter()
+            submitting = asyncio.create_task(_submit_batches(stub, requests))
+            try:
+                seen_at = await _wait_succeeded(conn, n, deadline_s, self._check_alive)
+            finally:
+                if not submitting.done():
+                    submitting.cancel()
+            submit_s = await submitting
+            row = await (
+                await conn.execute(
+                    "SELECT extract(epoch FROM max(finished_at)),"
+                    " extract(epoch FROM max(started_at) - min(created_at)), count(*)"
+                    " FROM tasks.tasks"
+                )
+            ).fetchone()
+        assert row is not None
+        # The last result's commit time, in our clock; the poll that saw it is an upper bound.
+        drain_s = float(row[0]) - offset - began_wall
+        return {
+            "tasks": n,
+            "batch": batch,
+            "seconds": round(drain_s, 3),
+            "tasks_per_s": n / drain_s,
+            "seen_by_poll_s": round(seen_at - began, 3),
+            "submit_seconds": round(submit_s, 3),
+            "submit_tasks_per_s": n / submit_s,
+            "first_created_to_last_started_s": round(float(row[1]), 3),
+            "rows": row[2],
+        }
+
+    async def latency(self, rate: float, seconds: float, deadline_s: float) -> dict[str, Any]:
+        """Single SubmitTask calls paced at `rate` per second (each sent on its schedule,
+        not after the previous answer); submit→start is started_at - created_at, both set
+        by the server side."""
+        n = round(rate * seconds)
+        rpc_ms: list[float] = []
+        async with (
+            grpc.aio.insecure_channel(self._address) as channel,
+            await psycopg.AsyncConnection.connect(self._database_url, autocommit=True) as conn,
+        ):
+            stub = tasks_pb2_grpc.TaskServiceStub(channel)
+
+            async def submit_one(i: int) -> None:
+                request = tasks_pb2.SubmitTaskRequest(task=_specs(i, 1)[0])
+                sent = time.perf_counter()
+                await stub.SubmitTask(request, timeout=10)
+                rpc_ms.append((time.perf_counter() - sent) * 1000)
+
+            began = time.perf_counter()
+            calls = []
+            for i in range(n):
+                delay = began + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                calls.append(asyncio.create_task(submit_one(i)))
+            sent_over = time.perf_counter() - began
+            await asyncio.gather(*calls)
+            await _wait_succeeded(conn, n, deadline_s, self._check_alive)
+            rows = await (
+                await conn.execute(
+                    "SELECT extract(epoch FROM started_at - created_at) * 1000,"
+                    " extract(epoch FROM finished_at - created_at) * 1000"
+                    " FROM tasks.tasks WHERE state = 'SUCCEEDED'"
+                )
+            ).fetchall()
+        return {
+            "tasks": n,
+            "target_rate_per_s": rate,
+            "achieved_rate_per_s": (n - 1) / sent_over if sent_over > 0 else None,
+            "submit_to_start_ms": distribution([float(r[0]) for r in rows]),
+            "submit_to_finish_ms": distribution([float(r[1]) for r in rows]),
+            "submit_rpc_ms": distribution(rpc_ms),
+        }
