@@ -88,7 +88,12 @@ class AgentryBench:
         requests = _batches(n, batch, PARKED_QUEUE)
         async with grpc.aio.insecure_channel(self._address) as channel:
             seconds = await _submit_batches(tasks_pb2_grpc.TaskServiceStub(channel), requests)
-        return {"tasks": n, "batch": batch, "seconds": round(seconds, 3), "tasks_per_s": n / seconds}
+        return {
+            "tasks": n,
+            "batch": batch,
+            "seconds": round(seconds, 3),
+            "tasks_per_s": n / seconds,
+        }
 
     async def drain(self, n: int, batch: int, deadline_s: float) -> dict[str, Any]:
         """From the first SubmitTasks call to the moment all `n` tasks are SUCCEEDED."""

@@ -25,8 +25,17 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
-    def queue_stream(self, queue: str) -> str:
-        return f"{self.prefix}:{{q:{queue}}}:stream"
+    def queue_stream(self, queue: str, priority: int) -> str:
+        return f"{self.prefix}:{{q:{queue}}}:p{priority}"
+
+    def delayed(self, queue: str) -> str:
+        return f"{self.prefix}:{{q:{queue}}}:delayed"
+
+    def rate_bucket(self, name: str) -> str:
+        return f"{self.prefix}:{{rate:{name}}}"
+
+    def slot_holders(self, key: str) -> str:
+        return f"{self.prefix}:{{slots:{key}}}"
 
     def event_stream(self) -> str:
         return f"{self.prefix}:{{events}}:stream"

@@ -2,18 +2,16 @@
 Reports, insights and canary verdicts answer UNIMPLEMENTED until the analysis issue builds
 them."""
 
-import asyncio
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from agentry.analysis.v1 import analysis_pb2, analysis_pb2_grpc
 from libs.common.db import create_engine
 from libs.common.events import EventConsumer
+from libs.common.lifecycle import AgentState
 from libs.common.redis_client import Keys, create_redis
-from libs.common.service import GrpcApp
+from libs.common.service import GrpcApp, Loop
 from services.analysis.history import count_by_minute
 from services.analysis.settings import AnalysisSettings
 from services.analysis.store import HistoryStore
@@ -50,21 +48,18 @@ class AnalysisApp(GrpcApp):
             batch=settings.event_batch,
         )
 
-    def loops(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._keep_history()]
+    def loops(self) -> dict[str, Loop]:
+        return {"history": self._keep_history}
 
     async def _keep_history(self) -> None:
         """Folds every event into the rollups, acknowledging only what was written, so a
         restart resumes where the last one stopped."""
         await self._consumer.ensure_group()
         while not self._stop.is_set():
-            try:
-                deliveries = await self._consumer.read()
-                await self.history.add_counts(count_by_minute(d.event for d in deliveries))
-                await self._consumer.ack(deliveries)
-            except Exception:
-                log.exception("history round failed; retrying")
-                await asyncio.sleep(1.0)
+            deliveries = await self._consumer.read()
+            await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
+            await self.history.add_counts(count_by_minute(d.event for d in deliveries))
+            await self._consumer.ack(deliveries)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -1,36 +1,55 @@
-"""Dispatch over Redis: one stream per queue read by the task agents' consumer group, and a
-sorted set per queue holding delayed work until it is due. Postgres stays the truth: a
+"""Dispatch over Redis: per queue, one stream per priority read by the task agents' consumer
+group, and a sorted set holding delayed work until it is due. Postgres stays the truth: a
 message is only a hint to claim a task there."""
 
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from libs.common.redis_client import Keys
+from services.task_agent.model import Priority
 
 GROUP = "task-agents"
 _FIELD = b"t"
+# Every this many reads, low priority is read first, so it is never starved.
+_LOW_FIRST_EVERY = 10
+_HIGH_FIRST = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 
-# Moves due members of the delayed set onto the stream, atomically; both keys share the
-# queue's hash tag.
+# Moves due members ("<task id hex>:<priority>") of the delayed set onto the stream of
+# their priority, atomically. KEYS: the delayed set, then the streams of priority 1, 2, 3;
+# all share the queue's hash tag.
 _PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 't', id)
-  redis.call('ZREM', KEYS[1], id)
+for _, member in ipairs(due) do
+  local sep = string.find(member, ':', 1, true)
+  local priority = tonumber(string.sub(member, sep + 1))
+  redis.call('XADD', KEYS[1 + priority], '*', 't', string.sub(member, 1, sep - 1))
+  redis.call('ZREM', KEYS[1], member)
 end
 return #due
 """
 
 
+class Dispatchable(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def priority(self) -> Priority: ...
+    @property
+    def run_at(self) -> datetime: ...
+
+
 @dataclass(frozen=True)
 class Message:
-    queue: str
+    stream: str
     message_id: bytes
     task_id: uuid.UUID | None
 
@@ -40,29 +59,43 @@ class Dispatcher:
         self._redis = client
         self._keys = keys
         self._promote = client.register_script(_PROMOTE)
+        self._reads = 0
+        # Called after every send, so this agent's promoter can look at the delayed set again.
+        self.on_scheduled: Callable[[], None] | None = None
+
+    def _stream(self, queue: str, priority: Priority) -> str:
+        return self._keys.queue_stream(queue, int(priority))
 
     def _delayed(self, queue: str) -> str:
-        return f"{self._keys.prefix}:{{q:{queue}}}:delayed"
+        return self._keys.delayed(queue)
 
-    async def dispatch(self, due: Iterable[tuple[uuid.UUID, str]]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task_id, queue in due:
-                pipe.xadd(self._keys.queue_stream(queue), {_FIELD: task_id.hex})
-            await pipe.execute()
+    def _streams(
+        self, queues: Sequence[str], priorities: Iterable[Priority] = _HIGH_FIRST
+    ) -> list[str]:
+        return [self._stream(q, p) for p in priorities for q in queues]
 
-    async def schedule(self, later: Iterable[tuple[uuid.UUID, str, datetime]]) -> None:
+    async def send(self, tasks: Iterable[Dispatchable]) -> None:
+        """Due tasks onto the stream of their queue and priority, later ones into the
+        queue's delayed set; one round trip."""
+        now = time.time()
         async with self._redis.pipeline(transaction=False) as pipe:
-            for task_id, queue, run_at in later:
-                pipe.zadd(self._delayed(queue), {task_id.hex: run_at.timestamp()})
+            for task in tasks:
+                due_at = task.run_at.timestamp()
+                if due_at <= now:
+                    pipe.xadd(self._stream(task.queue, task.priority), {_FIELD: task.id.hex})
+                else:
+                    member = f"{task.id.hex}:{int(task.priority)}"
+                    pipe.zadd(self._delayed(task.queue), {member: due_at})
             await pipe.execute()
+        if self.on_scheduled is not None:
+            self.on_scheduled()
 
     async def promote_due(self, queues: Sequence[str], limit: int = 1000) -> int:
         now = time.time()
         moved = 0
         for queue in queues:
-            moved += await self._promote(
-                keys=[self._delayed(queue), self._keys.queue_stream(queue)], args=[now, limit]
-            )
+            keys = [self._delayed(queue), *(self._stream(queue, p) for p in sorted(Priority))]
+            moved += await self._promote(keys=keys, args=[now, limit])
         return moved
 
     async def next_due_in(self, queues: Sequence[str]) -> float | None:
@@ -75,24 +108,32 @@ class Dispatcher:
         return None if earliest is None else max(0.0, earliest - time.time())
 
     async def ensure_groups(self, queues: Sequence[str]) -> None:
-        for queue in queues:
-            try:
-                await self._redis.xgroup_create(
-                    self._keys.queue_stream(queue), GROUP, id="0", mkstream=True
-                )
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        await self._create_groups(self._streams(queues))
 
     async def read(
         self, queues: Sequence[str], consumer: str, count: int, block_ms: int
     ) -> list[Message]:
-        """At most `count` new messages: a free slot asks for one, never more (no blind
-        prefetch parks short tasks behind long ones)."""
-        streams = {self._keys.queue_stream(q): ">" for q in queues}
+        """At most `count` new messages, higher priorities first: a free slot asks for one,
+        never more (no blind prefetch parks short tasks behind long ones)."""
+        self._reads += 1
+        order = _HIGH_FIRST if self._reads % _LOW_FIRST_EVERY else _HIGH_FIRST[::-1]
+        got: list[Message] = []
+        for priority in order:
+            if len(got) >= count:
+                break
+            got += await self._read(
+                self._streams(queues, [priority]), consumer, count - len(got), None
+            )
+        if got:
+            return got
+        return await self._read(self._streams(queues), consumer, count, block_ms)
+
+    async def _read(
+        self, streams: list[str], consumer: str, count: int, block_ms: int | None
+    ) -> list[Message]:
         try:
             reply = await self._redis.xreadgroup(
-                GROUP, consumer, streams, count=count, block=block_ms
+                GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
             )
         except ResponseError as exc:
             # NOGROUP: the stream or group is gone; UNBLOCKED: it went while this read waited
@@ -100,23 +141,29 @@ class Dispatcher:
             if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
             # Redis lost its data: the groups come back, Postgres re-dispatches.
-            await self.ensure_groups(queues)
+            await self._create_groups(streams)
             return []
-        queue_of = {self._keys.queue_stream(q).encode(): q for q in queues}
         return [
-            Message(queue_of[stream], message_id, _task_id(fields))
+            Message(stream.decode(), message_id, _task_id(fields))
             for stream, messages in reply or []
             for message_id, fields in messages
         ]
+
+    async def _create_groups(self, streams: list[str]) -> None:
+        for stream in streams:
+            try:
+                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def ack(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for msg in messages:
-                stream = self._keys.queue_stream(msg.queue)
-                pipe.xack(stream, GROUP, msg.message_id)
-                pipe.xdel(stream, msg.message_id)
+                pipe.xack(msg.stream, GROUP, msg.message_id)
+                pipe.xdel(msg.stream, msg.message_id)
             await pipe.execute()
 
 

@@ -1,27 +1,42 @@
 """How a website's engineers write task handlers: a decorated function (async, or plain to
 run in a thread) that names its type and defaults, and gets a context."""
 
-import asyncio
 import importlib
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import structlog
 
+from services.task_agent.limits import RateLimiter
 from services.task_agent.model import RetryPolicy, TaskType
 
 _MARK = "__agentry_task__"
 
 
 class RetryableError(Exception):
-    """The attempt failed; try again under the retry policy."""
+    """The attempt failed; try again under the retry policy, and not before
+    `retry_after_s` when given (an upstream's Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class NonRetryableError(Exception):
     """The task cannot succeed however often it is tried: no retry, straight to the
     fallback or the dead letters."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What an agent shares with every handler it runs."""
+
+    http: httpx.AsyncClient
+    limiter: RateLimiter
 
 
 @dataclass
@@ -30,8 +45,11 @@ class TaskContext:
     type: str
     attempt: int
     log: Any
+    resources: Resources
     _report: Callable[[float], Awaitable[None]]
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the task is cancelled; async handlers are also cancelled outright, threads
+    # can only look at it.
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     async def heartbeat(self, progress: float) -> None:
         """Reports progress (0..1); the agent also keeps the lease alive on its own."""

@@ -1,12 +1,12 @@
 from libs.common.logging import configure_logging
 from libs.common.service import run
-from services.task_agent.app import ROLE, TaskAgentApp
+from services.task_agent.app import TaskAgentApp
 from services.task_agent.settings import TaskAgentSettings
 
 
 def main() -> None:
     settings = TaskAgentSettings()
-    configure_logging(ROLE, settings.instance, settings.log_format, settings.log_level)
+    configure_logging(TaskAgentApp.role, settings.instance, settings.log_format, settings.log_level)
     run(lambda: TaskAgentApp(settings))
 
 

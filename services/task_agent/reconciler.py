@@ -28,16 +28,20 @@ class Reconciler:
         self._queues = list(queues)
         self._interval_s = interval_s
         self._redispatch_after_s = redispatch_after_s
+        self._wake = asyncio.Event()
+        dispatcher.on_scheduled = self._wake.set
 
     async def promote_delayed(self, stop: asyncio.Event) -> None:
-        """Sleeps until the earliest delayed task is due (at most a second, so work that
-        other agents delay is seen), then moves what is due onto the streams."""
+        """Sleeps until the earliest delayed task is due, or this agent delays something,
+        or a second passed (other agents delay work too); then moves what is due onto the
+        streams."""
         while not stop.is_set():
+            self._wake.clear()
             await self._dispatcher.promote_due(self._queues)
             wait = await self._dispatcher.next_due_in(self._queues)
             wait = 1.0 if wait is None else min(wait, 1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+                await asyncio.wait_for(_either(stop, self._wake), timeout=wait)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -55,5 +59,14 @@ class Reconciler:
         due = await self._store.due_for_dispatch(self._redispatch_after_s, batch)
         if due:
             log.info("re-dispatching from postgres", tasks=len(due))
-            await self._dispatcher.dispatch((t.id, t.queue) for t in due)
+            await self._dispatcher.send(due)
         return len(due)
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

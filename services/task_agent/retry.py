@@ -18,14 +18,20 @@ class Decision:
 
 
 def after_failure(
-    task: Task, retryable: bool, timed_out: bool, now: datetime, rng: random.Random | None = None
+    task: Task,
+    retryable: bool,
+    timed_out: bool,
+    now: datetime,
+    rng: random.Random | None = None,
+    not_before_s: float = 0.0,
 ) -> Decision:
     if not retryable:
         return Decision(None, DeadLetterReason.NON_RETRYABLE)
     if task.attempts >= task.retry.max_attempts:
         reason = DeadLetterReason.TIMEOUT if timed_out else DeadLetterReason.RETRIES_EXHAUSTED
         return Decision(None, reason)
-    retry_at = now + timedelta(seconds=task.retry.backoff_s(task.attempts, rng))
+    wait_s = max(task.retry.backoff_s(task.attempts, rng), not_before_s)
+    retry_at = now + timedelta(seconds=wait_s)
     if task.deadline_at is not None and retry_at >= task.deadline_at:
         return Decision(None, DeadLetterReason.DEADLINE_EXCEEDED)
     return Decision(retry_at, None)

@@ -249,7 +249,8 @@ class TaskStore:
             """
             UPDATE tasks.tasks AS t
                SET state = 'SUCCEEDED', result = v.result, progress = 1, finished_at = now(),
-                   updated_at = now(), lease_expires_at = NULL
+                   updated_at = now(), lease_expires_at = NULL, error_reason = NULL,
+                   error_message = NULL, error_kind = NULL
               FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:results AS bytea[]))
                    AS v(id, attempt, result)
              WHERE t.id = v.id AND t.attempts = v.attempt AND t.state = 'RUNNING'
@@ -259,6 +260,35 @@ class TaskStore:
         async with self._engine.begin() as conn:
             rows = await conn.execute(query, {"ids": ids, "attempts": attempts, "results": results})
             return [_task(row) for row in rows]
+
+    async def release(self, task_id: uuid.UUID, attempt: int, run_at: datetime) -> Task | None:
+        """Undoes a claim whose handler never started (a rate or concurrency limit said not
+        yet): the attempt is not spent, the task is due again at `run_at`."""
+        query = (
+            sa.update(tasks)
+            .where(
+                tasks.c.id == task_id,
+                tasks.c.attempts == attempt,
+                tasks.c.state == TaskState.RUNNING.value,
+            )
+            .values(
+                state=sa.case(
+                    (tasks.c.attempts == 1, TaskState.QUEUED.value),
+                    else_=TaskState.RETRYING.value,
+                ),
+                attempts=tasks.c.attempts - 1,
+                started_at=sa.case((tasks.c.attempts == 1, None), else_=tasks.c.started_at),
+                run_at=run_at,
+                dispatched_at=run_at,
+                lease_expires_at=None,
+                agent=None,
+                updated_at=NOW,
+            )
+            .returning(*tasks.c)
+        )
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(query)).first()
+        return _task(row) if row else None
 
     async def retry(
         self, task_id: uuid.UUID, attempt: int, run_at: datetime, kind: str, message: str

@@ -121,13 +121,9 @@ class Tasks:
     ) -> list[tuple[Task, bool]]:
         stored = await self._store.insert(new, now)
         created = [task for task, was_created in stored if was_created]
-        await self.dispatch(created, now)
+        await self._dispatcher.send(created)
         await publish_changes(self._events, created)
         return stored
-
-    async def dispatch(self, tasks: Sequence[Task | NewTask], now: datetime) -> None:
-        await self._dispatcher.dispatch((t.id, t.queue) for t in tasks if t.run_at <= now)
-        await self._dispatcher.schedule((t.id, t.queue, t.run_at) for t in tasks if t.run_at > now)
 
     async def get(self, task_id: str) -> Task:
         task = await self._store.get(parse_id(task_id))
@@ -219,7 +215,7 @@ class Tasks:
         task = await self._store.redrive(letter.id, new, now)
         if task is None:
             raise FailedPrecondition(f"dead letter {dead_letter_id} was already redriven")
-        await self.dispatch([task], now)
+        await self._dispatcher.send([task])
         await publish_changes(self._events, [task])
         return task
 

@@ -1,11 +1,13 @@
 """The task agent's work loop: free slots pull dispatch messages, claims are made in
-Postgres with a fencing token, handlers run under their timeout, results are written in
-batches, leases are renewed while handlers run."""
+Postgres with a fencing token, shared rate and concurrency limits are honoured before a
+handler starts, handlers run under their timeout, results are written in batches, leases
+are renewed while handlers run."""
 
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -16,15 +18,31 @@ from services.task_agent.handlers import (
     Handler,
     Handlers,
     NonRetryableError,
+    Resources,
+    RetryableError,
     TaskContext,
     bound_logger,
 )
-from services.task_agent.model import DeadLetterReason, NewTask, Task
+from services.task_agent.limits import ConcurrencySlots
+from services.task_agent.model import DeadLetterReason, NewTask, Task, TaskType
 from services.task_agent.retry import after_failure
 from services.task_agent.store import TaskStore
 from services.task_agent.tasks import TypeCatalog, publish_changes
 
 log = structlog.get_logger(__name__)
+
+# A task held back by a concurrency limit looks again after this long.
+_SLOT_RETRY_S = 0.25
+
+
+@dataclass
+class _Running:
+    task: Task
+    job: asyncio.Task[None] | None = None
+    ctx: TaskContext | None = None
+    slot_key: str | None = None
+    cancel_requested: bool = False
+    result: bytes | None = field(default=None, repr=False)
 
 
 class Worker:
@@ -36,6 +54,8 @@ class Worker:
         events: EventBus,
         handlers: Handlers,
         catalog: TypeCatalog,
+        resources: Resources,
+        slots: ConcurrencySlots,
         concurrency: int,
         lease_s: float,
         read_block_ms: int = 500,
@@ -46,14 +66,16 @@ class Worker:
         self._events = events
         self._handlers = handlers
         self._catalog = catalog
+        self._resources = resources
+        self._slots = slots
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._read_block_ms = read_block_ms
-        self._running: dict[uuid.UUID, tuple[Task, asyncio.Task[None]]] = {}
-        self._cancel_requested: set[uuid.UUID] = set()
+        self._running: dict[uuid.UUID, _Running] = {}
         self._slot_free = asyncio.Event()
-        self._results: list[tuple[Task, bytes]] = []
+        self._results: list[_Running] = []
         self._results_ready = asyncio.Event()
+        self._drained = asyncio.Event()
         self.last_read_at = 0.0
 
     @property
@@ -87,31 +109,49 @@ class Worker:
             # Postgres now holds the claim (or said the hint was stale): the message is done.
             await self._dispatcher.ack(messages)
             for task in claimed:
-                self._running[task.id] = (task, asyncio.create_task(self._execute(task)))
-            await publish_changes(self._events, claimed)
+                entry = _Running(task)
+                self._running[task.id] = entry
+                entry.job = asyncio.create_task(self._execute(entry))
+            # Tasks under a shared limit announce their start once they pass it.
+            await publish_changes(self._events, [t for t in claimed if not self._limited(t)])
+
+    def _limited(self, task: Task) -> bool:
+        handler = self._handlers.get(task.type)
+        if handler is None:
+            return False
+        spec = handler.task_type
+        return spec.rate_limit_per_s > 0 or bool(task.concurrency_key and spec.concurrency_limit)
 
     async def drain(self, grace_s: float) -> None:
-        """Lets running handlers finish within `grace_s`, then hands the rest back."""
-        pending = [job for _, job in self._running.values()]
+        """Lets running handlers finish within `grace_s` (leases still renewed), then hands
+        the rest back."""
+        pending = [e.job for e in self._running.values() if e.job is not None]
         if pending:
             log.info("draining", running=len(pending), grace_s=grace_s)
             await asyncio.wait(pending, timeout=grace_s)
         # A finished job whose result is not yet written is not handed back: the flush below
         # records it (handing it back would refuse the result and run the task again).
-        left = [(task, job) for task, job in self._running.values() if not job.done()]
-        for _, job in left:
-            job.cancel()
-        await asyncio.gather(*(job for _, job in left), return_exceptions=True)
+        left = [e for e in self._running.values() if e.job is not None and not e.job.done()]
+        for entry in left:
+            assert entry.job is not None
+            entry.job.cancel()
+        await asyncio.gather(*(e.job for e in left if e.job), return_exceptions=True)
         now = datetime.now(UTC)
         handed_back = []
-        for task, _ in left:
+        for entry in left:
             back = await self._store.retry(
-                task.id, task.attempts, now, "handed_back", "the agent stopped before it finished"
+                entry.task.id,
+                entry.task.attempts,
+                now,
+                "handed_back",
+                "the agent stopped before it finished",
             )
             if back is not None:
                 handed_back.append(back)
-        await self._dispatcher.dispatch((t.id, t.queue) for t in handed_back)
+            await self._release_slot(entry)
+        await self._dispatcher.send(handed_back)
         await self._flush_results()
+        self._drained.set()
         if handed_back:
             log.info("handed back", tasks=len(handed_back))
 
@@ -122,39 +162,62 @@ class Worker:
             await _first(self._results_ready.wait(), stop.wait())
             await self._flush_results()
 
-    async def renew_leases(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await _first(asyncio.sleep(self._lease_s / 3), stop.wait())
-            held = [(t.id, t.attempts) for t, _ in self._running.values()]
-            for task_id in await self._store.heartbeat(held, self._lease_s):
+    async def renew_leases(self) -> None:
+        """Renews leases (and concurrency slots) of what this agent holds until the drain is
+        over, and cancels the handlers of tasks whose cancellation was requested."""
+        while not self._drained.is_set():
+            await _first(asyncio.sleep(self._lease_s / 3), self._drained.wait())
+            held = list(self._running.values())
+            cancelled = await self._store.heartbeat(
+                [(e.task.id, e.task.attempts) for e in held], self._lease_s
+            )
+            for entry in held:
+                if entry.slot_key is not None:
+                    await self._slots.renew(entry.slot_key, entry.task.id.hex, self._lease_s)
+            for task_id in cancelled:
                 entry = self._running.get(task_id)
-                if entry is not None and task_id not in self._cancel_requested:
-                    self._cancel_requested.add(task_id)
-                    entry[1].cancel()
+                if entry is not None and not entry.cancel_requested and entry.job is not None:
+                    entry.cancel_requested = True
+                    if entry.ctx is not None:
+                        entry.ctx.cancelled.set()
+                    entry.job.cancel()
 
     async def _flush_results(self) -> None:
         self._results_ready.clear()
         batch, self._results = self._results, []
         if not batch:
             return
-        recorded = await self._store.succeed([(t.id, t.attempts, r) for t, r in batch])
+        recorded = await self._store.succeed(
+            [(e.task.id, e.task.attempts, e.result or b"null") for e in batch]
+        )
         if len(recorded) < len(batch):
             kept = {t.id for t in recorded}
-            for task, _ in batch:
-                if task.id not in kept:
-                    log.warning("stale result refused", task_id=str(task.id), attempt=task.attempts)
-        for task, _ in batch:
-            self._release(task.id)
+            for entry in batch:
+                if entry.task.id not in kept:
+                    log.warning(
+                        "stale result refused",
+                        task_id=str(entry.task.id),
+                        attempt=entry.task.attempts,
+                    )
+        for entry in batch:
+            await self._finish(entry)
         await publish_changes(self._events, recorded)
 
-    def _release(self, task_id: uuid.UUID) -> None:
-        self._running.pop(task_id, None)
-        self._cancel_requested.discard(task_id)
+    async def _finish(self, entry: _Running) -> None:
+        await self._release_slot(entry)
+        self._running.pop(entry.task.id, None)
         self._slot_free.set()
 
-    async def _execute(self, task: Task) -> None:
-        handler = self._handlers.get(task.type)
+    async def _release_slot(self, entry: _Running) -> None:
+        if entry.slot_key is not None:
+            await self._slots.release(entry.slot_key, entry.task.id.hex)
+            entry.slot_key = None
+
+    async def _execute(self, entry: _Running) -> None:
+        task = entry.task
+        result_pending = False
         try:
+            handler = self._handlers.get(task.type)
             if handler is None:
                 await self._end(
                     task,
@@ -170,23 +233,51 @@ class Worker:
                     task, DeadLetterReason.UNDECODABLE_PAYLOAD, "undecodable_payload", str(exc)
                 )
                 return
-            result_pending = await self._attempt(task, handler, payload)
+            if self._limited(task):
+                if not await self._within_limits(entry, handler.task_type):
+                    return
+                await publish_changes(self._events, [task])
+            result_pending = await self._attempt(entry, handler, payload)
         except asyncio.CancelledError:
-            if task.id in self._cancel_requested:
+            if entry.cancel_requested:
                 ended = await self._store.finish_cancelled(task.id, task.attempts)
                 await publish_changes(self._events, [ended] if ended else [])
-                self._release(task.id)
+                await self._finish(entry)
                 return
             raise
         except Exception:
             log.exception("task bookkeeping failed", task_id=str(task.id))
-            self._release(task.id)
-        else:
-            if not result_pending:
-                self._release(task.id)
+        if not result_pending:
+            await self._finish(entry)
 
-    async def _attempt(self, task: Task, handler: Handler, payload: Any) -> bool:
+    async def _within_limits(self, entry: _Running, task_type: TaskType) -> bool:
+        """Takes a token of the type's shared rate limit and a slot of its concurrency key.
+        When either says "not yet", the claim is undone (the attempt is not spent) and the
+        task comes back when it may run: it waits in the delayed set, not in a slot."""
+        task = entry.task
+        wait_s = 0.0
+        if task_type.rate_limit_per_s > 0:
+            wait_s = await self._resources.limiter.acquire(
+                f"type:{task.type}", task_type.rate_limit_per_s
+            )
+        if wait_s == 0 and task.concurrency_key and task_type.concurrency_limit > 0:
+            key = f"{task.type}:{task.concurrency_key}"
+            if await self._slots.take(key, task_type.concurrency_limit, task.id.hex, self._lease_s):
+                entry.slot_key = key
+            else:
+                wait_s = _SLOT_RETRY_S
+        if wait_s == 0:
+            return True
+        released = await self._store.release(
+            task.id, task.attempts, datetime.now(UTC) + timedelta(seconds=wait_s)
+        )
+        if released is not None:
+            await self._dispatcher.send([released])
+        return False
+
+    async def _attempt(self, entry: _Running, handler: Handler, payload: Any) -> bool:
         """Runs one attempt; True when a result waits to be written."""
+        task = entry.task
         now = datetime.now(UTC)
         if task.deadline_at is not None and now >= task.deadline_at:
             await self._end(
@@ -199,11 +290,12 @@ class Worker:
         timeout = task.timeout_s
         if task.deadline_at is not None:
             timeout = min(timeout, (task.deadline_at - now).total_seconds())
-        ctx = TaskContext(
+        entry.ctx = ctx = TaskContext(
             task_id=str(task.id),
             type=task.type,
             attempt=task.attempts,
             log=bound_logger(str(task.id), task.type, task.attempts),
+            resources=self._resources,
             _report=lambda p: self._store.set_progress(task.id, task.attempts, p),
         )
         try:
@@ -214,6 +306,7 @@ class Worker:
                     result = await asyncio.to_thread(handler.fn, payload, ctx)
             encoded = json.dumps(result, separators=(",", ":")).encode()
         except TimeoutError:
+            ctx.cancelled.set()
             await self._failed(
                 task,
                 "timeout",
@@ -223,32 +316,48 @@ class Worker:
             )
         except NonRetryableError as exc:
             await self._failed(task, type(exc).__name__, str(exc), retryable=False)
+        except RetryableError as exc:
+            await self._failed(
+                task,
+                type(exc).__name__,
+                str(exc),
+                retryable=True,
+                not_before_s=exc.retry_after_s or 0.0,
+            )
         except (TypeError, ValueError) as exc:
             if "JSON serializable" in str(exc) or "Circular reference" in str(exc):
                 await self._failed(task, "unserializable_result", str(exc), retryable=False)
             else:
                 await self._failed(task, type(exc).__name__, str(exc), retryable=True)
         except asyncio.CancelledError:
+            ctx.cancelled.set()
             raise
         except Exception as exc:
             await self._failed(task, type(exc).__name__, str(exc), retryable=True)
         else:
-            self._results.append((task, encoded))
+            entry.result = encoded
+            self._results.append(entry)
             self._results_ready.set()
             return True
         return False
 
     async def _failed(
-        self, task: Task, kind: str, message: str, retryable: bool, timed_out: bool = False
+        self,
+        task: Task,
+        kind: str,
+        message: str,
+        retryable: bool,
+        timed_out: bool = False,
+        not_before_s: float = 0.0,
     ) -> None:
         now = datetime.now(UTC)
-        decision = after_failure(task, retryable, timed_out, now)
+        decision = after_failure(task, retryable, timed_out, now, not_before_s=not_before_s)
         if decision.retry_at is not None:
             retried = await self._store.retry(
                 task.id, task.attempts, decision.retry_at, kind, message
             )
             if retried is not None:
-                await self._dispatcher.schedule([(task.id, task.queue, decision.retry_at)])
+                await self._dispatcher.send([retried])
                 await publish_changes(self._events, [retried])
             return
         assert decision.reason is not None
@@ -265,7 +374,16 @@ class Worker:
         failed, fallback_task = ended
         await publish_changes(self._events, [failed])
         if fallback_task is not None:
-            await self._dispatcher.dispatch([(fallback_task.id, fallback_task.queue)])
+            await self._dispatcher.send([fallback_task])
+            await self._events.publish(
+                "task.queued",
+                f"task/{fallback_task.id}",
+                {
+                    "id": str(fallback_task.id),
+                    "type": fallback_task.type,
+                    "parent_id": str(task.id),
+                },
+            )
         else:
             await self._events.publish(
                 "task.dead_lettered",

@@ -154,7 +154,7 @@ async def test_queued_tasks_lost_with_redis_are_dispatched_again_from_postgres(
 
         lost = await _lose_redis_data(redis_url, redis_prefix)
 
-        assert f"{redis_prefix}:{{q:default}}:stream".encode() in lost
+        assert f"{redis_prefix}:{{q:default}}:p2".encode() in lost
         for task in [busy, *tasks]:
             done = await _until(stub, task.id, _terminal)
             assert done.state == S.TASK_STATE_SUCCEEDED
