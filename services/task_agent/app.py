@@ -41,7 +41,7 @@ class TaskAgentApp(GrpcApp):
         keys = Keys(settings.redis_prefix)
         self.handlers = Handlers.from_modules(settings.handler_modules)
         self.store = TaskStore(self._engine)
-        self.dispatcher = Dispatcher(self._redis, keys)
+        self.dispatcher = Dispatcher(self._redis, keys, settings.low_priority_first_every)
         self.catalog = TypeCatalog(self.store, self.handlers.types)
         self.events = EventBus(self._redis, keys, source=f"{self.role}/{settings.instance}")
         self.tasks = Tasks(

@@ -17,8 +17,6 @@ from services.task_agent.model import Priority
 
 GROUP = "task-agents"
 _FIELD = b"t"
-# Every this many reads, low priority is read first, so it is never starved.
-_LOW_FIRST_EVERY = 10
 _HIGH_FIRST = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 
 # Moves due members ("<task id hex>:<priority>") of the delayed set onto the stream of
@@ -55,8 +53,10 @@ class Message:
 
 
 class Dispatcher:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, low_first_every: int = 10) -> None:
         self._redis = client
+        # Every this many reads, low priority is read first, so it is never starved.
+        self._low_first_every = low_first_every
         self._keys = keys
         self._promote = client.register_script(_PROMOTE)
         self._reads = 0
@@ -116,7 +116,7 @@ class Dispatcher:
         """At most `count` new messages, higher priorities first: a free slot asks for one,
         never more (no blind prefetch parks short tasks behind long ones)."""
         self._reads += 1
-        order = _HIGH_FIRST if self._reads % _LOW_FIRST_EVERY else _HIGH_FIRST[::-1]
+        order = _HIGH_FIRST if self._reads % self._low_first_every else _HIGH_FIRST[::-1]
         got: list[Message] = []
         for priority in order:
             if len(got) >= count:

@@ -60,6 +60,8 @@ class TaskContext:
 class Handler:
     task_type: TaskType
     fn: Callable[..., Any]
+    # CPU-heavy: runs as fn(payload) in a process pool, off the event loop and the GIL.
+    in_process: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -75,23 +77,24 @@ def task(
     fallback: str | None = None,
     rate_limit_per_s: float = 0.0,
     concurrency_limit: int = 0,
+    process: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Marks `fn(payload, ctx)` as the handler of task type `name`."""
+    """Marks `fn(payload, ctx)` as the handler of task type `name`: an `async def` runs on
+    the agent's event loop, a plain function in a thread. With `process=True` a plain,
+    module-level `fn(payload)` runs in a process pool instead (no context: it cannot cross
+    the process boundary)."""
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(
-            fn,
-            _MARK,
-            TaskType(
-                name=name,
-                queue=queue,
-                retry=retry or RetryPolicy(),
-                timeout_s=timeout_s,
-                fallback_type=fallback,
-                rate_limit_per_s=rate_limit_per_s,
-                concurrency_limit=concurrency_limit,
-            ),
+        spec = TaskType(
+            name=name,
+            queue=queue,
+            retry=retry or RetryPolicy(),
+            timeout_s=timeout_s,
+            fallback_type=fallback,
+            rate_limit_per_s=rate_limit_per_s,
+            concurrency_limit=concurrency_limit,
         )
+        setattr(fn, _MARK, Handler(spec, fn, process))
         return fn
 
     return mark
@@ -109,9 +112,9 @@ class Handlers:
         for name in names:
             module = importlib.import_module(name)
             for value in vars(module).values():
-                spec = getattr(value, _MARK, None)
-                if isinstance(spec, TaskType):
-                    found.append(Handler(spec, value))
+                handler = getattr(value, _MARK, None)
+                if isinstance(handler, Handler):
+                    found.append(handler)
         return cls(found)
 
     def get(self, type_: str) -> Handler | None:

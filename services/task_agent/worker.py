@@ -5,7 +5,9 @@ are renewed while handlers run."""
 
 import asyncio
 import json
+import multiprocessing
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,7 +78,14 @@ class Worker:
         self._results: list[_Running] = []
         self._results_ready = asyncio.Event()
         self._drained = asyncio.Event()
+        self._processes: ProcessPoolExecutor | None = None
         self.last_read_at = 0.0
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        # Spawned, not forked: a fork of a process running gRPC threads is not safe.
+        if self._processes is None:
+            self._processes = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
+        return self._processes
 
     @property
     def in_hand(self) -> int:
@@ -151,6 +160,8 @@ class Worker:
             await self._release_slot(entry)
         await self._dispatcher.send(handed_back)
         await self._flush_results()
+        if self._processes is not None:
+            self._processes.shutdown(wait=False, cancel_futures=True)
         self._drained.set()
         if handed_back:
             log.info("handed back", tasks=len(handed_back))
@@ -300,7 +311,10 @@ class Worker:
         )
         try:
             async with asyncio.timeout(timeout):
-                if handler.is_async:
+                if handler.in_process:
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(self._process_pool(), handler.fn, payload)
+                elif handler.is_async:
                     result = await handler.fn(payload, ctx)
                 else:
                     result = await asyncio.to_thread(handler.fn, payload, ctx)

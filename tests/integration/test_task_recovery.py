@@ -4,7 +4,7 @@ its data, agents that stop (drain and hand back), and health as an orchestrator 
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -17,42 +17,11 @@ from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.db import create_engine
 from services.task_agent.app import TaskAgentApp
 from services.task_agent.store import TaskStore
+from tests.integration.task_client import in_state, spec, submit, terminal, until
 
 S = tasks_pb2
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _spec(type_: str, payload: object = None, **fields: object) -> tasks_pb2.TaskSpec:
-    return S.TaskSpec(type=type_, payload=json.dumps(payload).encode(), **fields)
-
-
-async def _submit(stub, type_: str, payload: object = None, **fields: object) -> tasks_pb2.Task:
-    response = await stub.SubmitTask(S.SubmitTaskRequest(task=_spec(type_, payload, **fields)))
-    return response.task
-
-
-async def _until(
-    stub, task_id: str, done: Callable[[tasks_pb2.Task], bool], within: float = 5.0
-) -> tasks_pb2.Task:
-    """Polls GetTask until `done` holds, failing after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        task = (await stub.GetTask(S.GetTaskRequest(task_id=task_id))).task
-        if done(task):
-            return task
-        if loop.time() > deadline:
-            raise AssertionError(f"task {task_id} still {S.TaskState.Name(task.state)}")
-        await asyncio.sleep(0.02)
-
-
-def _in(*states: int) -> Callable[[tasks_pb2.Task], bool]:
-    return lambda task: task.state in states
-
-
-def _terminal(task: tasks_pb2.Task) -> bool:
-    return task.state in (S.TASK_STATE_SUCCEEDED, S.TASK_STATE_FAILED, S.TASK_STATE_CANCELLED)
 
 
 @asynccontextmanager
@@ -90,11 +59,11 @@ async def test_a_result_from_an_agent_whose_lease_expired_is_refused(make_task_a
     store = agent.store
     async with _channel_to(agent) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
-        task = await _submit(stub, "echo", "payload", queue="served-by-nobody")
+        task = await submit(stub, "echo", "payload", queue="served-by-nobody")
         [held] = await store.claim([uuid.UUID(task.id)], "task_agent/a", lease_s=0.2)
         assert held.attempts == 1
 
-        expired = await _until(stub, task.id, _in(S.TASK_STATE_RETRYING))
+        expired = await until(stub, task.id, in_state(S.TASK_STATE_RETRYING))
         assert expired.error.kind == "lease_expired"
         [taken] = await store.claim([uuid.UUID(task.id)], "task_agent/b", lease_s=30)
         assert taken.attempts == 2
@@ -123,13 +92,13 @@ async def test_a_task_held_by_a_dead_agent_is_finished_by_a_live_one(
     live = await make_task_agent(concurrency=1)
     async with _channel_to(live) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
-        busy = await _submit(stub, "sleep", {"seconds": 0.5})
-        await _until(stub, busy.id, _in(S.TASK_STATE_RUNNING))
-        task = await _submit(stub, "echo", {"job": 7})
+        busy = await submit(stub, "sleep", {"seconds": 0.5})
+        await until(stub, busy.id, in_state(S.TASK_STATE_RUNNING))
+        task = await submit(stub, "echo", {"job": 7})
         [held] = await other_store.claim([uuid.UUID(task.id)], "task_agent/dead", lease_s=0.3)
         assert held.attempts == 1
 
-        done = await _until(stub, task.id, _terminal)
+        done = await until(stub, task.id, terminal)
 
         assert done.state == S.TASK_STATE_SUCCEEDED
         assert done.attempts == 2
@@ -147,16 +116,16 @@ async def test_queued_tasks_lost_with_redis_are_dispatched_again_from_postgres(
     agent = await make_task_agent(concurrency=1, redispatch_after_s=0.5)
     async with _channel_to(agent) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
-        busy = await _submit(stub, "sleep", {"seconds": 0.3})
-        await _until(stub, busy.id, _in(S.TASK_STATE_RUNNING))
-        batch = [_spec("echo", n) for n in range(4)]
+        busy = await submit(stub, "sleep", {"seconds": 0.3})
+        await until(stub, busy.id, in_state(S.TASK_STATE_RUNNING))
+        batch = [spec("echo", n) for n in range(4)]
         tasks = (await stub.SubmitTasks(S.SubmitTasksRequest(tasks=batch))).tasks
 
         lost = await _lose_redis_data(redis_url, redis_prefix)
 
         assert f"{redis_prefix}:{{q:default}}:p2".encode() in lost
         for task in [busy, *tasks]:
-            done = await _until(stub, task.id, _terminal)
+            done = await until(stub, task.id, terminal)
             assert done.state == S.TASK_STATE_SUCCEEDED
             assert done.attempts == 1
         assert [json.loads(t.result) for t in await _results(stub, tasks)] == list(range(4))
@@ -169,14 +138,14 @@ async def test_delayed_tasks_lost_with_redis_are_dispatched_again_from_postgres(
     agent = await make_task_agent(redispatch_after_s=0.5)
     async with _channel_to(agent) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
-        batch = [_spec("echo", n, delay_s=0.3) for n in range(3)]
+        batch = [spec("echo", n, delay_s=0.3) for n in range(3)]
         tasks = (await stub.SubmitTasks(S.SubmitTasksRequest(tasks=batch))).tasks
 
         lost = await _lose_redis_data(redis_url, redis_prefix)
 
         assert f"{redis_prefix}:{{q:default}}:delayed".encode() in lost
         for task in tasks:
-            done = await _until(stub, task.id, _terminal)
+            done = await until(stub, task.id, terminal)
             assert done.state == S.TASK_STATE_SUCCEEDED
             assert done.attempts == 1
 
@@ -188,8 +157,8 @@ async def test_stopping_lets_a_task_finish_within_the_grace_period(make_task_age
     first = await make_task_agent(shutdown_grace_s=2.0)
     async with _channel_to(first) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
-        task = await _submit(stub, "sleep", {"seconds": 0.3})
-        await _until(stub, task.id, _in(S.TASK_STATE_RUNNING))
+        task = await submit(stub, "sleep", {"seconds": 0.3})
+        await until(stub, task.id, in_state(S.TASK_STATE_RUNNING))
 
     await first.stop()
 
@@ -207,15 +176,15 @@ async def test_stopping_hands_back_a_task_that_outlasts_the_grace_period(make_ta
     first = await make_task_agent(shutdown_grace_s=0.3)
     async with _channel_to(first) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
-        task = await _submit(stub, "sleep", {"seconds": 30})
-        await _until(stub, task.id, _in(S.TASK_STATE_RUNNING))
+        task = await submit(stub, "sleep", {"seconds": 30})
+        await until(stub, task.id, in_state(S.TASK_STATE_RUNNING))
 
     await first.stop()
 
     second = await make_task_agent(shutdown_grace_s=0.1)
     async with _channel_to(second) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
-        again = await _until(stub, task.id, lambda t: t.attempts == 2)
+        again = await until(stub, task.id, lambda t: t.attempts == 2)
     assert again.state == S.TASK_STATE_RUNNING
     assert again.agent == second.agent_id
     assert again.error.kind == "handed_back"
@@ -238,8 +207,8 @@ async def test_health_is_serving_while_running_and_not_serving_once_stopping(
             assert answer.status == SERVING, service
 
         # Something to drain, so the server still answers while the agent stops.
-        task = await _submit(stub, "sleep", {"seconds": 0.5})
-        await _until(stub, task.id, _in(S.TASK_STATE_RUNNING))
+        task = await submit(stub, "sleep", {"seconds": 0.5})
+        await until(stub, task.id, in_state(S.TASK_STATE_RUNNING))
         stopping = asyncio.create_task(agent.stop())
         answers = await _health_once_changed(health, services, SERVING)
         still_draining = not stopping.done()

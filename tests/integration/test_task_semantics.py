@@ -5,7 +5,7 @@ listing."""
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -17,6 +17,7 @@ from agentry.events.v1 import events_pb2
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.redis_client import Keys
 from services.task_agent.app import TaskAgentApp
+from tests.integration.task_client import spec, submit, until
 
 S = tasks_pb2
 QUICK_RETRY = S.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02)
@@ -29,15 +30,6 @@ def _retry(max_attempts: int) -> tasks_pb2.RetryPolicy:
     return policy
 
 
-def _spec(type_: str, payload: object = None, **fields: object) -> tasks_pb2.TaskSpec:
-    return S.TaskSpec(type=type_, payload=json.dumps(payload).encode(), **fields)
-
-
-async def _submit(stub, type_: str, payload: object = None, **fields: object) -> tasks_pb2.Task:
-    response = await stub.SubmitTask(S.SubmitTaskRequest(task=_spec(type_, payload, **fields)))
-    return response.task
-
-
 async def _finished(stub, task_id: str, within: float = 5.0) -> tasks_pb2.Task:
     """The task once terminal, as WatchTask streams it."""
     last = None
@@ -46,21 +38,6 @@ async def _finished(stub, task_id: str, within: float = 5.0) -> tasks_pb2.Task:
             last = update.task
     assert last is not None
     return last
-
-
-async def _until(
-    stub, task_id: str, done: Callable[[tasks_pb2.Task], bool], within: float = 5.0
-) -> tasks_pb2.Task:
-    """Polls GetTask until `done` holds, failing after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        task = (await stub.GetTask(S.GetTaskRequest(task_id=task_id))).task
-        if done(task):
-            return task
-        if loop.time() > deadline:
-            raise AssertionError(f"task {task_id} still {S.TaskState.Name(task.state)}")
-        await asyncio.sleep(0.02)
 
 
 async def _all_tasks(stub, **filters: object) -> list[tasks_pb2.Task]:
@@ -98,7 +75,7 @@ async def test_a_batch_is_answered_in_request_order_and_every_task_succeeds(task
     payloads = [{"n": n} for n in range(5)]
 
     response = await tasks_stub.SubmitTasks(
-        S.SubmitTasksRequest(tasks=[_spec("echo", p) for p in payloads])
+        S.SubmitTasksRequest(tasks=[spec("echo", p) for p in payloads])
     )
 
     assert [json.loads(t.payload) for t in response.tasks] == payloads
@@ -112,10 +89,10 @@ async def test_a_second_submit_with_the_same_idempotency_key_returns_the_first_t
     tasks_stub,
 ) -> None:
     first = await tasks_stub.SubmitTask(
-        S.SubmitTaskRequest(task=_spec("echo", {"order": 1}, idempotency_key="order-1"))
+        S.SubmitTaskRequest(task=spec("echo", {"order": 1}, idempotency_key="order-1"))
     )
     second = await tasks_stub.SubmitTask(
-        S.SubmitTaskRequest(task=_spec("echo", {"order": "other"}, idempotency_key="order-1"))
+        S.SubmitTaskRequest(task=spec("echo", {"order": "other"}, idempotency_key="order-1"))
     )
 
     assert first.created
@@ -131,8 +108,8 @@ async def test_a_repeated_idempotency_key_within_one_batch_stores_one_task(tasks
     response = await tasks_stub.SubmitTasks(
         S.SubmitTasksRequest(
             tasks=[
-                _spec("echo", 1, idempotency_key="same"),
-                _spec("echo", 2, idempotency_key="same"),
+                spec("echo", 1, idempotency_key="same"),
+                spec("echo", 2, idempotency_key="same"),
             ]
         )
     )
@@ -143,7 +120,7 @@ async def test_a_repeated_idempotency_key_within_one_batch_stores_one_task(tasks
 
 
 async def test_a_batch_with_one_bad_spec_is_refused_whole_and_stores_nothing(tasks_stub) -> None:
-    batch = [_spec("echo", 1), _spec("echo", 2), _spec("no.such.type"), _spec("echo", 4)]
+    batch = [spec("echo", 1), spec("echo", 2), spec("no.such.type"), spec("echo", 4)]
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await tasks_stub.SubmitTasks(S.SubmitTasksRequest(tasks=batch))
@@ -159,7 +136,7 @@ async def test_a_batch_with_one_bad_spec_is_refused_whole_and_stores_nothing(tas
 async def test_a_failing_task_is_retried_until_it_succeeds(
     tasks_stub, redis_url: str, redis_prefix: str
 ) -> None:
-    task = await _submit(tasks_stub, "fail", {"times": 2}, retry=_retry(3))
+    task = await submit(tasks_stub, "fail", {"times": 2}, retry=_retry(3))
 
     done = await _finished(tasks_stub, task.id)
 
@@ -174,7 +151,7 @@ async def test_a_failing_task_is_retried_until_it_succeeds(
 async def test_exhausted_retries_dead_letter_the_task_which_can_be_redriven_once(
     tasks_stub,
 ) -> None:
-    task = await _submit(tasks_stub, "fail", {"times": 5}, retry=_retry(2))
+    task = await submit(tasks_stub, "fail", {"times": 5}, retry=_retry(2))
 
     failed = await _finished(tasks_stub, task.id)
 
@@ -207,7 +184,7 @@ async def test_exhausted_retries_dead_letter_the_task_which_can_be_redriven_once
 
 
 async def test_a_non_retryable_failure_ends_the_task_after_one_attempt(tasks_stub) -> None:
-    task = await _submit(
+    task = await submit(
         tasks_stub, "fail", {"times": 1, "retryable": False, "message": "bad card"}, retry=_retry(5)
     )
 
@@ -223,7 +200,7 @@ async def test_a_task_that_exhausts_its_retries_hands_its_payload_to_its_fallbac
     tasks_stub,
 ) -> None:
     payload = {"times": 5, "order": 77}
-    task = await _submit(tasks_stub, "fail", payload, retry=_retry(2), fallback_type="echo")
+    task = await submit(tasks_stub, "fail", payload, retry=_retry(2), fallback_type="echo")
 
     failed = await _finished(tasks_stub, task.id)
 
@@ -240,7 +217,7 @@ async def test_a_task_that_exhausts_its_retries_hands_its_payload_to_its_fallbac
 
 
 async def test_an_attempt_over_its_timeout_fails_the_task_as_timed_out(tasks_stub) -> None:
-    task = await _submit(tasks_stub, "sleep", {"seconds": 5}, timeout_s=0.2, retry=_retry(1))
+    task = await submit(tasks_stub, "sleep", {"seconds": 5}, timeout_s=0.2, retry=_retry(1))
 
     done = await _finished(tasks_stub, task.id)
 
@@ -254,7 +231,7 @@ async def test_an_attempt_over_its_timeout_fails_the_task_as_timed_out(tasks_stu
 
 
 async def test_cancelling_a_queued_task_cancels_it_at_once(tasks_stub) -> None:
-    task = await _submit(tasks_stub, "echo", "later", delay_s=60)
+    task = await submit(tasks_stub, "echo", "later", delay_s=60)
 
     cancelled = await tasks_stub.CancelTask(S.CancelTaskRequest(task_id=task.id, reason="no more"))
 
@@ -269,8 +246,8 @@ async def test_cancelling_a_queued_task_cancels_it_at_once(tasks_stub) -> None:
 async def test_cancelling_a_running_task_stops_its_handler(make_task_agent) -> None:
     agent = await make_task_agent(lease_s=0.6)
     async with _stub_for(agent) as stub:
-        task = await _submit(stub, "sleep", {"seconds": 30})
-        await _until(stub, task.id, lambda t: t.state == S.TASK_STATE_RUNNING)
+        task = await submit(stub, "sleep", {"seconds": 30})
+        await until(stub, task.id, lambda t: t.state == S.TASK_STATE_RUNNING)
 
         asked = await stub.CancelTask(S.CancelTaskRequest(task_id=task.id))
 
@@ -283,7 +260,7 @@ async def test_cancelling_a_running_task_stops_its_handler(make_task_agent) -> N
 
 
 async def test_cancelling_a_finished_task_is_refused(tasks_stub) -> None:
-    task = await _submit(tasks_stub, "echo", "done")
+    task = await submit(tasks_stub, "echo", "done")
     await _finished(tasks_stub, task.id)
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -306,7 +283,7 @@ async def test_cancelling_an_unknown_task_is_not_found(tasks_stub) -> None:
 
 
 async def test_a_delayed_task_waits_its_delay_then_runs(tasks_stub) -> None:
-    task = await _submit(tasks_stub, "echo", "later", delay_s=1.0)
+    task = await submit(tasks_stub, "echo", "later", delay_s=1.0)
 
     waiting = (await tasks_stub.GetTask(S.GetTaskRequest(task_id=task.id))).task
     assert waiting.state == S.TASK_STATE_QUEUED
@@ -323,11 +300,11 @@ async def test_a_delayed_task_waits_its_delay_then_runs(tasks_stub) -> None:
 
 async def test_list_tasks_pages_through_every_task_once_and_filters(tasks_stub) -> None:
     specs = [
-        _spec("echo", 0),
-        _spec("fail", {"times": 1, "retryable": False}),
-        _spec("echo", 2),
-        _spec("fail", {"times": 1, "retryable": False}),
-        _spec("echo", 4),
+        spec("echo", 0),
+        spec("fail", {"times": 1, "retryable": False}),
+        spec("echo", 2),
+        spec("fail", {"times": 1, "retryable": False}),
+        spec("echo", 4),
     ]
     submitted = (await tasks_stub.SubmitTasks(S.SubmitTasksRequest(tasks=specs))).tasks
     for task in submitted:

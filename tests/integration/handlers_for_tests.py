@@ -1,0 +1,38 @@
+"""Task types with shared limits, served by the agents of the limit tests."""
+
+import asyncio
+import time
+from typing import Any
+
+from services.task_agent.handlers import TaskContext, task
+
+
+@task("limited.rate", rate_limit_per_s=4)
+async def rate_limited(payload: Any, ctx: TaskContext) -> Any:
+    return {"started": time.time()}
+
+
+@task("limited.slots", concurrency_limit=2)
+async def slot_limited(payload: Any, ctx: TaskContext) -> Any:
+    started = time.time()
+    await asyncio.sleep(float(payload.get("seconds", 0.2)))
+    return {"started": started, "ended": time.time()}
+
+
+@task("blocking.sleep")
+def blocking_sleep(payload: Any, ctx: TaskContext) -> Any:
+    """A plain function: runs in a thread, and can only notice cancellation."""
+    deadline = time.monotonic() + float(payload.get("seconds", 0.1))
+    while time.monotonic() < deadline:
+        if ctx.cancelled.is_set():
+            return {"cancelled": True}
+        time.sleep(0.01)
+    return {"slept": True}
+
+
+@task("cpu.sum_squares", process=True)
+def sum_squares(payload: Any) -> Any:
+    """CPU-bound: runs in the agent's process pool."""
+    import os
+
+    return {"sum": sum(i * i for i in range(int(payload["n"]))), "pid": os.getpid()}
