@@ -10,6 +10,8 @@ class TaskAgentSettings(GrpcServerSettings):
     # A running task's lease; renewed every third of it while its handler runs.
     lease_s: float = 30.0
     max_payload_bytes: int = 1024 * 1024
+    # Every this many reads, low priority is read first: high never starves low.
+    low_priority_first_every: int = 10
     reconcile_interval_s: float = 5.0
     # A pending task still not claimed this long after its dispatch is dispatched again.
     redispatch_after_s: float = 30.0
