@@ -13,6 +13,7 @@ from libs.common.events import EventBus
 from libs.common.lifecycle import AgentState
 from libs.common.redis_client import Keys, create_redis
 from libs.common.service import GrpcApp, Loop
+from services.task_agent.dead_letter_store import DeadLetterStore
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.handlers import Handlers, Resources
 from services.task_agent.limits import ConcurrencySlots, RateLimiter
@@ -21,6 +22,7 @@ from services.task_agent.servicer import TaskServicer
 from services.task_agent.settings import TaskAgentSettings
 from services.task_agent.store import TaskStore
 from services.task_agent.tasks import Tasks, TypeCatalog
+from services.task_agent.type_store import TypeStore
 from services.task_agent.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -41,11 +43,17 @@ class TaskAgentApp(GrpcApp):
         keys = Keys(settings.redis_prefix)
         self.handlers = Handlers.from_modules(settings.handler_modules)
         self.store = TaskStore(self._engine)
+        self.types = TypeStore(self._engine)
         self.dispatcher = Dispatcher(self._redis, keys, settings.low_priority_first_every)
-        self.catalog = TypeCatalog(self.store, self.handlers.types)
+        self.catalog = TypeCatalog(self.types, self.handlers.types)
         self.events = EventBus(self._redis, keys, source=f"{self.role}/{settings.instance}")
         self.tasks = Tasks(
-            self.store, self.dispatcher, self.events, self.catalog, settings.max_payload_bytes
+            self.store,
+            DeadLetterStore(self._engine),
+            self.dispatcher,
+            self.events,
+            self.catalog,
+            settings.max_payload_bytes,
         )
         super().__init__(
             settings,
@@ -89,7 +97,7 @@ class TaskAgentApp(GrpcApp):
         }
 
     async def prepare(self) -> None:
-        await self.store.advertise(self.handlers.types, self.agent_id)
+        await self.types.advertise(self.handlers.types, self.agent_id)
         # Leases are renewed through the drain, so it is not one of the loops.
         self._renewal = asyncio.create_task(self.worker.renew_leases(), name="leases")
 
@@ -104,7 +112,7 @@ class TaskAgentApp(GrpcApp):
             await self.lifecycle.move(AgentState.ACTIVE if busy else AgentState.IDLE)
             await self.server.set_serving(not self.worker.stalled(loop.time(), STALLED_AFTER_S))
             if loop.time() - advertised_at > ADVERTISE_EVERY_S:
-                await self.store.advertise(self.handlers.types, self.agent_id)
+                await self.types.advertise(self.handlers.types, self.agent_id)
                 advertised_at = loop.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
@@ -113,7 +121,7 @@ class TaskAgentApp(GrpcApp):
         await self.worker.drain(self.settings.shutdown_grace_s)
         if self._renewal is not None:
             await self._renewal
-        await self.store.withdraw(self.agent_id)
+        await self.types.withdraw(self.agent_id)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -4,161 +4,16 @@ the state it expects and, for a running task, by the fencing token (its attempt)
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.task_agent.model import (
-    DeadLetter,
-    NewTask,
-    Priority,
-    RetryPolicy,
-    Task,
-    TaskState,
-    TaskType,
-)
-
-metadata = sa.MetaData(schema="tasks")
-
-tasks = sa.Table(
-    "tasks",
-    metadata,
-    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
-    sa.Column("type", sa.Text),
-    sa.Column("queue", sa.Text),
-    sa.Column("priority", sa.SmallInteger),
-    sa.Column("state", sa.Text),
-    sa.Column("payload", sa.LargeBinary),
-    sa.Column("result", sa.LargeBinary),
-    sa.Column("error_reason", sa.Text),
-    sa.Column("error_message", sa.Text),
-    sa.Column("error_kind", sa.Text),
-    sa.Column("attempts", sa.Integer),
-    sa.Column("max_attempts", sa.Integer),
-    sa.Column("initial_backoff_s", sa.Float),
-    sa.Column("max_backoff_s", sa.Float),
-    sa.Column("backoff_multiplier", sa.Float),
-    sa.Column("timeout_s", sa.Float),
-    sa.Column("deadline_at", sa.DateTime(timezone=True)),
-    sa.Column("fallback_type", sa.Text),
-    sa.Column("parent_id", pg.UUID(as_uuid=True)),
-    sa.Column("concurrency_key", sa.Text),
-    sa.Column("idempotency_key", sa.Text),
-    sa.Column("labels", pg.JSONB),
-    sa.Column("run_at", sa.DateTime(timezone=True)),
-    sa.Column("dispatched_at", sa.DateTime(timezone=True)),
-    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
-    sa.Column("agent", sa.Text),
-    sa.Column("progress", sa.Float),
-    sa.Column("cancel_requested", sa.Boolean),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
-    sa.Column("started_at", sa.DateTime(timezone=True)),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-)
-
-dead_letters = sa.Table(
-    "dead_letters",
-    metadata,
-    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
-    sa.Column("task_id", pg.UUID(as_uuid=True)),
-    sa.Column("reason", sa.Text),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
-    sa.Column("redriven_task_id", pg.UUID(as_uuid=True)),
-)
-
-task_types = sa.Table(
-    "task_types",
-    metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("queue", sa.Text),
-    sa.Column("max_attempts", sa.Integer),
-    sa.Column("initial_backoff_s", sa.Float),
-    sa.Column("max_backoff_s", sa.Float),
-    sa.Column("backoff_multiplier", sa.Float),
-    sa.Column("timeout_s", sa.Float),
-    sa.Column("fallback_type", sa.Text),
-    sa.Column("rate_limit_per_s", sa.Float),
-    sa.Column("concurrency_limit", sa.Integer),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
-)
-
-type_agents = sa.Table(
-    "type_agents",
-    metadata,
-    sa.Column("type", sa.Text, primary_key=True),
-    sa.Column("agent", sa.Text, primary_key=True),
-    sa.Column("seen_at", sa.DateTime(timezone=True)),
-)
+from services.task_agent.model import NewTask, Task, TaskState
+from services.task_agent.tables import dead_letters, insert_values, row_to_task, tasks
 
 NOW = sa.func.now()
 PENDING = (TaskState.QUEUED.value, TaskState.RETRYING.value)
-
-
-def _task(row: Any) -> Task:
-    return Task(
-        id=row.id,
-        type=row.type,
-        state=TaskState(row.state),
-        payload=row.payload,
-        queue=row.queue,
-        priority=Priority(row.priority),
-        attempts=row.attempts,
-        retry=RetryPolicy(
-            row.max_attempts, row.initial_backoff_s, row.max_backoff_s, row.backoff_multiplier
-        ),
-        timeout_s=row.timeout_s,
-        run_at=row.run_at,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        result=row.result,
-        error_reason=row.error_reason,
-        error_message=row.error_message,
-        error_kind=row.error_kind,
-        idempotency_key=row.idempotency_key,
-        deadline_at=row.deadline_at,
-        fallback_type=row.fallback_type,
-        concurrency_key=row.concurrency_key,
-        parent_id=row.parent_id,
-        labels=row.labels or {},
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        progress=row.progress,
-        agent=row.agent,
-    )
-
-
-def _insert_values(new: NewTask, now: datetime) -> dict[str, Any]:
-    return {
-        "id": new.id,
-        "type": new.type,
-        "queue": new.queue,
-        "priority": int(new.priority),
-        "state": TaskState.QUEUED.value,
-        "payload": new.payload,
-        "attempts": 0,
-        "max_attempts": new.retry.max_attempts,
-        "initial_backoff_s": new.retry.initial_backoff_s,
-        "max_backoff_s": new.retry.max_backoff_s,
-        "backoff_multiplier": new.retry.multiplier,
-        "timeout_s": new.timeout_s,
-        "deadline_at": new.deadline_at,
-        "fallback_type": new.fallback_type,
-        "parent_id": new.parent_id,
-        "concurrency_key": new.concurrency_key,
-        "idempotency_key": new.idempotency_key,
-        "labels": new.labels,
-        "run_at": new.run_at,
-        # Due work goes on its stream now, later work into the delayed set: either way the
-        # reconciler looks again only if it is still pending well after this time.
-        "dispatched_at": max(now, new.run_at),
-        "progress": 0.0,
-        "cancel_requested": False,
-        "created_at": now,
-        "updated_at": now,
-    }
 
 
 class TaskStore:
@@ -168,7 +23,7 @@ class TaskStore:
     async def insert(self, batch: Sequence[NewTask], now: datetime) -> list[tuple[Task, bool]]:
         """Stores a batch in one transaction. A task whose idempotency key is taken is not
         stored; the existing task stands in its place (created=False)."""
-        rows = [_insert_values(new, now) for new in batch]
+        rows = [insert_values(new, now) for new in batch]
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
                 pg.insert(tasks)
@@ -176,14 +31,14 @@ class TaskStore:
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
                 .returning(*tasks.c)
             )
-            by_id = {row.id: _task(row) for row in inserted}
+            by_id = {row.id: row_to_task(row) for row in inserted}
             missing = [n.idempotency_key for n in batch if n.id not in by_id and n.idempotency_key]
             existing = {}
             if missing:
                 found = await conn.execute(
                     sa.select(tasks).where(tasks.c.idempotency_key.in_(missing))
                 )
-                existing = {row.idempotency_key: _task(row) for row in found}
+                existing = {row.idempotency_key: row_to_task(row) for row in found}
         return [
             (by_id[n.id], True) if n.id in by_id else (existing[n.idempotency_key], False)
             for n in batch
@@ -192,7 +47,7 @@ class TaskStore:
     async def get(self, task_id: uuid.UUID) -> Task | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
-        return _task(row) if row else None
+        return row_to_task(row) if row else None
 
     async def list_tasks(
         self,
@@ -213,7 +68,7 @@ class TaskStore:
         if after:
             query = query.where(sa.tuple_(tasks.c.created_at, tasks.c.id) < sa.tuple_(*after))
         async with self._engine.connect() as conn:
-            return [_task(row) for row in await conn.execute(query)]
+            return [row_to_task(row) for row in await conn.execute(query)]
 
     async def claim(self, ids: Sequence[uuid.UUID], agent: str, lease_s: float) -> list[Task]:
         """Takes the due ones among `ids` for `agent`: attempts + 1 is the new fencing token.
@@ -237,7 +92,7 @@ class TaskStore:
             .returning(*tasks.c)
         )
         async with self._engine.begin() as conn:
-            return [_task(row) for row in await conn.execute(query)]
+            return [row_to_task(row) for row in await conn.execute(query)]
 
     async def succeed(self, outcomes: Sequence[tuple[uuid.UUID, int, bytes]]) -> list[Task]:
         """Records results in one statement; an outcome whose attempt is stale is refused
@@ -259,7 +114,7 @@ class TaskStore:
         )
         async with self._engine.begin() as conn:
             rows = await conn.execute(query, {"ids": ids, "attempts": attempts, "results": results})
-            return [_task(row) for row in rows]
+            return [row_to_task(row) for row in rows]
 
     async def release(self, task_id: uuid.UUID, attempt: int, run_at: datetime) -> Task | None:
         """Undoes a claim whose handler never started (a rate or concurrency limit said not
@@ -288,7 +143,7 @@ class TaskStore:
         )
         async with self._engine.begin() as conn:
             row = (await conn.execute(query)).first()
-        return _task(row) if row else None
+        return row_to_task(row) if row else None
 
     async def retry(
         self, task_id: uuid.UUID, attempt: int, run_at: datetime, kind: str, message: str
@@ -313,7 +168,7 @@ class TaskStore:
         )
         async with self._engine.begin() as conn:
             row = (await conn.execute(query)).first()
-        return _task(row) if row else None
+        return row_to_task(row) if row else None
 
     async def fail(
         self,
@@ -351,16 +206,14 @@ class TaskStore:
             if row is None:
                 return None
             if fallback is not None:
-                await conn.execute(
-                    pg.insert(tasks).values(_insert_values(fallback, row.updated_at))
-                )
+                await conn.execute(pg.insert(tasks).values(insert_values(fallback, row.updated_at)))
             else:
                 await conn.execute(
                     sa.insert(dead_letters).values(
                         id=uuid.uuid4(), task_id=task_id, reason=reason, created_at=row.updated_at
                     )
                 )
-        return _task(row), fallback
+        return row_to_task(row), fallback
 
     async def cancel(self, task_id: uuid.UUID, reason: str) -> Task | None:
         """A pending task ends CANCELLED at once; a running one is marked, and its agent
@@ -391,7 +244,7 @@ class TaskStore:
                 ).first()
             if row is None:
                 row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
-        return _task(row) if row else None
+        return row_to_task(row) if row else None
 
     async def finish_cancelled(self, task_id: uuid.UUID, attempt: int) -> Task | None:
         query = (
@@ -412,7 +265,7 @@ class TaskStore:
         )
         async with self._engine.begin() as conn:
             row = (await conn.execute(query)).first()
-        return _task(row) if row else None
+        return row_to_task(row) if row else None
 
     async def heartbeat(
         self, held: Sequence[tuple[uuid.UUID, int]], lease_s: float
@@ -469,7 +322,7 @@ class TaskStore:
             .returning(*tasks.c)
         )
         async with self._engine.begin() as conn:
-            return [_task(row) for row in await conn.execute(query)]
+            return [row_to_task(row) for row in await conn.execute(query)]
 
     async def expire_leases(self, limit: int) -> list[Task]:
         """Running tasks whose agent stopped renewing: they become due again (the claim that
@@ -496,161 +349,7 @@ class TaskStore:
             .returning(*tasks.c)
         )
         async with self._engine.begin() as conn:
-            return [_task(row) for row in await conn.execute(query)]
-
-    # Dead letters
-
-    async def list_dead_letters(
-        self, queue: str | None, type_: str | None, limit: int, offset: int
-    ) -> list[DeadLetter]:
-        query = (
-            sa.select(dead_letters, tasks)
-            .join(tasks, tasks.c.id == dead_letters.c.task_id)
-            .order_by(dead_letters.c.created_at.desc(), dead_letters.c.id)
-            .limit(limit)
-            .offset(offset)
-        )
-        if queue:
-            query = query.where(tasks.c.queue == queue)
-        if type_:
-            query = query.where(tasks.c.type == type_)
-        query = query.with_only_columns(
-            dead_letters.c.id.label("dl_id"),
-            dead_letters.c.reason.label("dl_reason"),
-            dead_letters.c.created_at.label("dl_created_at"),
-            dead_letters.c.redriven_task_id.label("dl_redriven"),
-            *tasks.c,
-        )
-        async with self._engine.connect() as conn:
-            return [
-                DeadLetter(row.dl_id, _task(row), row.dl_reason, row.dl_created_at, row.dl_redriven)
-                for row in await conn.execute(query)
-            ]
-
-    async def get_dead_letter(self, dead_letter_id: uuid.UUID) -> DeadLetter | None:
-        query = (
-            sa.select(
-                dead_letters.c.id.label("dl_id"),
-                dead_letters.c.reason.label("dl_reason"),
-                dead_letters.c.created_at.label("dl_created_at"),
-                dead_letters.c.redriven_task_id.label("dl_redriven"),
-                *tasks.c,
-            )
-            .join(tasks, tasks.c.id == dead_letters.c.task_id)
-            .where(dead_letters.c.id == dead_letter_id)
-        )
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        return DeadLetter(row.dl_id, _task(row), row.dl_reason, row.dl_created_at, row.dl_redriven)
-
-    async def redrive(self, dead_letter_id: uuid.UUID, new: NewTask, now: datetime) -> Task | None:
-        """Stores the new task and links it to the dead letter, once: a second redrive of the
-        same letter is refused (None)."""
-        async with self._engine.begin() as conn:
-            linked = await conn.execute(
-                sa.update(dead_letters)
-                .where(
-                    dead_letters.c.id == dead_letter_id, dead_letters.c.redriven_task_id.is_(None)
-                )
-                .values(redriven_task_id=new.id)
-            )
-            if linked.rowcount != 1:
-                return None
-            row = (
-                await conn.execute(
-                    pg.insert(tasks).values(_insert_values(new, now)).returning(*tasks.c)
-                )
-            ).first()
-        return _task(row)
-
-    async def purge_dead_letters(
-        self, queue: str | None, type_: str | None, older_than: datetime | None
-    ) -> int:
-        query = sa.delete(dead_letters)
-        if queue or type_:
-            owned = sa.select(tasks.c.id)
-            if queue:
-                owned = owned.where(tasks.c.queue == queue)
-            if type_:
-                owned = owned.where(tasks.c.type == type_)
-            query = query.where(dead_letters.c.task_id.in_(owned))
-        if older_than:
-            query = query.where(dead_letters.c.created_at < older_than)
-        async with self._engine.begin() as conn:
-            return (await conn.execute(query)).rowcount
-
-    # Task types
-
-    async def advertise(self, types: Sequence[TaskType], agent: str) -> None:
-        if not types:
-            return
-        rows = [
-            {
-                "name": t.name,
-                "queue": t.queue,
-                "max_attempts": t.retry.max_attempts,
-                "initial_backoff_s": t.retry.initial_backoff_s,
-                "max_backoff_s": t.retry.max_backoff_s,
-                "backoff_multiplier": t.retry.multiplier,
-                "timeout_s": t.timeout_s,
-                "fallback_type": t.fallback_type,
-                "rate_limit_per_s": t.rate_limit_per_s,
-                "concurrency_limit": t.concurrency_limit,
-                "updated_at": NOW,
-            }
-            for t in types
-        ]
-        upsert = pg.insert(task_types).values(rows)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=["name"],
-            set_={c: upsert.excluded[c] for c in rows[0] if c != "name"},
-        )
-        seen = pg.insert(type_agents).values(
-            [{"type": t.name, "agent": agent, "seen_at": NOW} for t in types]
-        )
-        seen = seen.on_conflict_do_update(
-            index_elements=["type", "agent"], set_={"seen_at": seen.excluded.seen_at}
-        )
-        async with self._engine.begin() as conn:
-            await conn.execute(upsert)
-            await conn.execute(seen)
-
-    async def withdraw(self, agent: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(sa.delete(type_agents).where(type_agents.c.agent == agent))
-
-    async def list_types(self, seen_within_s: float) -> list[TaskType]:
-        agents = (
-            sa.select(sa.func.array_agg(type_agents.c.agent))
-            .where(
-                type_agents.c.type == task_types.c.name,
-                type_agents.c.seen_at
-                > NOW - sa.func.make_interval(0, 0, 0, 0, 0, 0, seen_within_s),
-            )
-            .scalar_subquery()
-        )
-        query = sa.select(task_types, agents.label("agents")).order_by(task_types.c.name)
-        async with self._engine.connect() as conn:
-            return [
-                TaskType(
-                    name=row.name,
-                    queue=row.queue,
-                    retry=RetryPolicy(
-                        row.max_attempts,
-                        row.initial_backoff_s,
-                        row.max_backoff_s,
-                        row.backoff_multiplier,
-                    ),
-                    timeout_s=row.timeout_s,
-                    fallback_type=row.fallback_type,
-                    rate_limit_per_s=row.rate_limit_per_s,
-                    concurrency_limit=row.concurrency_limit,
-                    agents=tuple(sorted(row.agents or ())),
-                )
-                for row in await conn.execute(query)
-            ]
+            return [row_to_task(row) for row in await conn.execute(query)]
 
     async def queue_stats(self) -> list[tuple[str, int, float, int]]:
         """(queue, due depth, age of the oldest due task in seconds, running) per queue."""

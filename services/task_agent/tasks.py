@@ -11,10 +11,12 @@ from typing import Any
 
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.common.events import EventBus, make_event
+from services.task_agent.dead_letter_store import DeadLetterStore
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.model import DeadLetter, NewTask, Task, TaskState, TaskType
 from services.task_agent.store import TaskStore
 from services.task_agent.submission import Submission, check_payload, validate
+from services.task_agent.type_store import TypeStore
 
 MAX_BATCH = 1000
 MAX_PAGE = 500
@@ -65,8 +67,8 @@ async def publish_changes(events: EventBus, changed: Sequence[Task]) -> None:
 class TypeCatalog:
     """Task types any live agent serves, read from Postgres at most every `ttl_s`."""
 
-    def __init__(self, store: TaskStore, local: Sequence[TaskType], ttl_s: float = 2.0):
-        self._store = store
+    def __init__(self, types: TypeStore, local: Sequence[TaskType], ttl_s: float = 2.0):
+        self._types = types
         self._local = {t.name: t for t in local}
         self._ttl_s = ttl_s
         self._cached: dict[str, TaskType] = {}
@@ -74,7 +76,7 @@ class TypeCatalog:
 
     async def known(self) -> dict[str, TaskType]:
         if time.monotonic() - self._read_at > self._ttl_s:
-            self._cached = {t.name: t for t in await self._store.list_types(seen_within_s=120)}
+            self._cached = {t.name: t for t in await self._types.live_types(seen_within_s=120)}
             self._read_at = time.monotonic()
         return {**self._cached, **self._local}
 
@@ -87,12 +89,14 @@ class Tasks:
     def __init__(
         self,
         store: TaskStore,
+        dead_letters: DeadLetterStore,
         dispatcher: Dispatcher,
         events: EventBus,
         catalog: TypeCatalog,
         max_payload_bytes: int,
     ) -> None:
         self._store = store
+        self._dead_letters = dead_letters
         self._dispatcher = dispatcher
         self._events = events
         self._catalog = catalog
@@ -184,11 +188,11 @@ class Tasks:
             offset = int(page_token) if page_token else 0
         except ValueError:
             raise InvalidArgument("page_token is not valid") from None
-        found = await self._store.list_dead_letters(queue, type_, size + 1, offset)
+        found = await self._dead_letters.page(queue, type_, size + 1, offset)
         return found[:size], str(offset + size) if len(found) > size else ""
 
     async def redrive(self, dead_letter_id: str, payload: bytes | None) -> Task:
-        letter = await self._store.get_dead_letter(parse_id(dead_letter_id, "dead_letter_id"))
+        letter = await self._dead_letters.get(parse_id(dead_letter_id, "dead_letter_id"))
         if letter is None:
             raise NotFound(f"dead letter {dead_letter_id} not found")
         if letter.redriven_task_id:
@@ -212,7 +216,7 @@ class Tasks:
             parent_id=old.id,
             labels=old.labels,
         )
-        task = await self._store.redrive(letter.id, new, now)
+        task = await self._dead_letters.redrive(letter.id, new, now)
         if task is None:
             raise FailedPrecondition(f"dead letter {dead_letter_id} was already redriven")
         await self._dispatcher.send([task])
@@ -220,7 +224,7 @@ class Tasks:
         return task
 
     async def purge(self, queue: str | None, type_: str | None, older_than: datetime | None) -> int:
-        return await self._store.purge_dead_letters(queue, type_, older_than)
+        return await self._dead_letters.purge(queue, type_, older_than)
 
     async def types(self) -> list[TaskType]:
         return await self._catalog.listed()

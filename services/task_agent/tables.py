@@ -1,0 +1,149 @@
+"""The tasks schema as SQLAlchemy tables, and the mapping between its rows and the domain."""
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from services.task_agent.model import NewTask, Priority, RetryPolicy, Task, TaskState
+
+metadata = sa.MetaData(schema="tasks")
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("type", sa.Text),
+    sa.Column("queue", sa.Text),
+    sa.Column("priority", sa.SmallInteger),
+    sa.Column("state", sa.Text),
+    sa.Column("payload", sa.LargeBinary),
+    sa.Column("result", sa.LargeBinary),
+    sa.Column("error_reason", sa.Text),
+    sa.Column("error_message", sa.Text),
+    sa.Column("error_kind", sa.Text),
+    sa.Column("attempts", sa.Integer),
+    sa.Column("max_attempts", sa.Integer),
+    sa.Column("initial_backoff_s", sa.Float),
+    sa.Column("max_backoff_s", sa.Float),
+    sa.Column("backoff_multiplier", sa.Float),
+    sa.Column("timeout_s", sa.Float),
+    sa.Column("deadline_at", sa.DateTime(timezone=True)),
+    sa.Column("fallback_type", sa.Text),
+    sa.Column("parent_id", pg.UUID(as_uuid=True)),
+    sa.Column("concurrency_key", sa.Text),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("labels", pg.JSONB),
+    sa.Column("run_at", sa.DateTime(timezone=True)),
+    sa.Column("dispatched_at", sa.DateTime(timezone=True)),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("agent", sa.Text),
+    sa.Column("progress", sa.Float),
+    sa.Column("cancel_requested", sa.Boolean),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("task_id", pg.UUID(as_uuid=True)),
+    sa.Column("reason", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("redriven_task_id", pg.UUID(as_uuid=True)),
+)
+
+task_types = sa.Table(
+    "task_types",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("queue", sa.Text),
+    sa.Column("max_attempts", sa.Integer),
+    sa.Column("initial_backoff_s", sa.Float),
+    sa.Column("max_backoff_s", sa.Float),
+    sa.Column("backoff_multiplier", sa.Float),
+    sa.Column("timeout_s", sa.Float),
+    sa.Column("fallback_type", sa.Text),
+    sa.Column("rate_limit_per_s", sa.Float),
+    sa.Column("concurrency_limit", sa.Integer),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+)
+
+type_agents = sa.Table(
+    "type_agents",
+    metadata,
+    sa.Column("type", sa.Text, primary_key=True),
+    sa.Column("agent", sa.Text, primary_key=True),
+    sa.Column("seen_at", sa.DateTime(timezone=True)),
+)
+
+NOW = sa.func.now()
+PENDING = (TaskState.QUEUED.value, TaskState.RETRYING.value)
+
+
+def row_to_task(row: Any) -> Task:
+    return Task(
+        id=row.id,
+        type=row.type,
+        state=TaskState(row.state),
+        payload=row.payload,
+        queue=row.queue,
+        priority=Priority(row.priority),
+        attempts=row.attempts,
+        retry=RetryPolicy(
+            row.max_attempts, row.initial_backoff_s, row.max_backoff_s, row.backoff_multiplier
+        ),
+        timeout_s=row.timeout_s,
+        run_at=row.run_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        result=row.result,
+        error_reason=row.error_reason,
+        error_message=row.error_message,
+        error_kind=row.error_kind,
+        idempotency_key=row.idempotency_key,
+        deadline_at=row.deadline_at,
+        fallback_type=row.fallback_type,
+        concurrency_key=row.concurrency_key,
+        parent_id=row.parent_id,
+        labels=row.labels or {},
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        progress=row.progress,
+        agent=row.agent,
+    )
+
+
+def insert_values(new: NewTask, now: datetime) -> dict[str, Any]:
+    return {
+        "id": new.id,
+        "type": new.type,
+        "queue": new.queue,
+        "priority": int(new.priority),
+        "state": TaskState.QUEUED.value,
+        "payload": new.payload,
+        "attempts": 0,
+        "max_attempts": new.retry.max_attempts,
+        "initial_backoff_s": new.retry.initial_backoff_s,
+        "max_backoff_s": new.retry.max_backoff_s,
+        "backoff_multiplier": new.retry.multiplier,
+        "timeout_s": new.timeout_s,
+        "deadline_at": new.deadline_at,
+        "fallback_type": new.fallback_type,
+        "parent_id": new.parent_id,
+        "concurrency_key": new.concurrency_key,
+        "idempotency_key": new.idempotency_key,
+        "labels": new.labels,
+        "run_at": new.run_at,
+        # Due work goes on its stream now, later work into the delayed set: either way the
+        # reconciler looks again only if it is still pending well after this time.
+        "dispatched_at": max(now, new.run_at),
+        "progress": 0.0,
+        "cancel_requested": False,
+        "created_at": now,
+        "updated_at": now,
+    }
