@@ -13,6 +13,8 @@ from libs.common.events import EventBus
 from libs.common.lifecycle import AgentState
 from libs.common.redis_client import Keys, create_redis
 from libs.common.service import GrpcApp, Loop
+from services.task_agent.cache import TaskCache
+from services.task_agent.changes import TaskChanges
 from services.task_agent.dead_letter_store import DeadLetterStore
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.handlers import Handlers, Resources
@@ -47,11 +49,14 @@ class TaskAgentApp(GrpcApp):
         self.dispatcher = Dispatcher(self._redis, keys, settings.low_priority_first_every)
         self.catalog = TypeCatalog(self.types, self.handlers.types)
         self.events = EventBus(self._redis, keys, source=f"{self.role}/{settings.instance}")
+        self.changes = TaskChanges(
+            self.events, TaskCache(self._redis, keys, settings.task_cache_ttl_s)
+        )
         self.tasks = Tasks(
             self.store,
             DeadLetterStore(self._engine),
             self.dispatcher,
-            self.events,
+            self.changes,
             self.catalog,
             settings.max_payload_bytes,
         )
@@ -70,7 +75,7 @@ class TaskAgentApp(GrpcApp):
             self.agent_id,
             self.store,
             self.dispatcher,
-            self.events,
+            self.changes,
             self.handlers,
             self.catalog,
             Resources(http=self._http, limiter=RateLimiter(self._redis, keys)),
@@ -81,6 +86,7 @@ class TaskAgentApp(GrpcApp):
         self.reconciler = Reconciler(
             self.store,
             self.dispatcher,
+            self.changes,
             self.handlers.queues,
             settings.reconcile_interval_s,
             settings.redispatch_after_s,

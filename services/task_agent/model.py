@@ -108,6 +108,8 @@ class Task:
     finished_at: datetime | None = None
     progress: float = 0.0
     agent: str | None = None
+    # Grows with every change: of two copies of a task, the higher version is the newer.
+    version: int = 0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from services.task_agent.changes import TaskChanges
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.store import TaskStore
 
@@ -19,12 +20,14 @@ class Reconciler:
         self,
         store: TaskStore,
         dispatcher: Dispatcher,
+        changes: TaskChanges,
         queues: Sequence[str],
         interval_s: float,
         redispatch_after_s: float,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
+        self._changes = changes
         self._queues = list(queues)
         self._interval_s = interval_s
         self._redispatch_after_s = redispatch_after_s
@@ -56,6 +59,7 @@ class Reconciler:
         expired = await self._store.expire_leases(batch)
         if expired:
             log.warning("leases expired; tasks are due again", tasks=len(expired))
+            await self._changes.announce(expired)
         due = await self._store.due_for_dispatch(self._redispatch_after_s, batch)
         if due:
             log.info("re-dispatching from postgres", tasks=len(due))

@@ -4,12 +4,17 @@ from libs.common.settings import GrpcServerSettings
 class TaskAgentSettings(GrpcServerSettings):
     grpc_port: int = 50051
     # Modules whose decorated handlers this agent serves (as `celery -A proj worker`).
-    handler_modules: list[str] = ["services.task_agent.builtins"]
+    handler_modules: list[str] = [
+        "services.task_agent.builtins",
+        "services.task_agent.http_builtins",
+    ]
     # Handlers running at once in this process.
     concurrency: int = 100
     # A running task's lease; renewed every third of it while its handler runs.
     lease_s: float = 30.0
     max_payload_bytes: int = 1024 * 1024
+    # Seconds a task's state stays in the Redis cache after its last change or read.
+    task_cache_ttl_s: int = 60
     # Every this many reads, low priority is read first: high never starves low.
     low_priority_first_every: int = 10
     reconcile_interval_s: float = 5.0

@@ -45,6 +45,8 @@ tasks = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True)),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    # Bumped by a trigger on every update.
+    sa.Column("version", sa.BigInteger),
 )
 
 dead_letters = sa.Table(
@@ -115,6 +117,7 @@ def row_to_task(row: Any) -> Task:
         finished_at=row.finished_at,
         progress=row.progress,
         agent=row.agent,
+        version=row.version,
     )
 
 

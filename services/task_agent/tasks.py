@@ -7,10 +7,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from libs.common.events import EventBus, make_event
+from services.task_agent.changes import TaskChanges
 from services.task_agent.dead_letter_store import DeadLetterStore
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.model import DeadLetter, NewTask, Task, TaskState, TaskType
@@ -27,41 +26,6 @@ def parse_id(value: str, what: str = "task_id") -> uuid.UUID:
         return uuid.UUID(value)
     except (ValueError, TypeError, AttributeError):
         raise InvalidArgument(f"{what} {value!r} is not a valid id") from None
-
-
-def task_event_data(task: Task) -> dict[str, Any]:
-    return {
-        "id": str(task.id),
-        "type": task.type,
-        "state": task.state.value,
-        "queue": task.queue,
-        "attempts": task.attempts,
-        "agent": task.agent,
-        "error": task.error_message,
-        "reason": task.error_reason,
-        "created_at": task.created_at.timestamp(),
-        "started_at": task.started_at.timestamp() if task.started_at else None,
-        "finished_at": task.finished_at.timestamp() if task.finished_at else None,
-    }
-
-
-EVENT_BY_STATE = {
-    TaskState.QUEUED: "task.queued",
-    TaskState.RUNNING: "task.started",
-    TaskState.RETRYING: "task.retrying",
-    TaskState.SUCCEEDED: "task.succeeded",
-    TaskState.FAILED: "task.failed",
-    TaskState.CANCELLED: "task.cancelled",
-}
-
-
-async def publish_changes(events: EventBus, changed: Sequence[Task]) -> None:
-    await events.publish_events(
-        [
-            make_event(EVENT_BY_STATE[t.state], f"task/{t.id}", task_event_data(t), events.source)
-            for t in changed
-        ]
-    )
 
 
 class TypeCatalog:
@@ -91,14 +55,14 @@ class Tasks:
         store: TaskStore,
         dead_letters: DeadLetterStore,
         dispatcher: Dispatcher,
-        events: EventBus,
+        changes: TaskChanges,
         catalog: TypeCatalog,
         max_payload_bytes: int,
     ) -> None:
         self._store = store
         self._dead_letters = dead_letters
         self._dispatcher = dispatcher
-        self._events = events
+        self._changes = changes
         self._catalog = catalog
         self._max_payload_bytes = max_payload_bytes
 
@@ -126,13 +90,19 @@ class Tasks:
         stored = await self._store.insert(new, now)
         created = [task for task, was_created in stored if was_created]
         await self._dispatcher.send(created)
-        await publish_changes(self._events, created)
+        await self._changes.announce(created)
         return stored
 
     async def get(self, task_id: str) -> Task:
-        task = await self._store.get(parse_id(task_id))
+        """Through the cache: a miss reads Postgres and fills it (refused if a change wrote a
+        newer state meanwhile)."""
+        key = parse_id(task_id)
+        task = await self._changes.cache.get(key)
         if task is None:
-            raise NotFound(f"task {task_id} not found")
+            task = await self._store.get(key)
+            if task is None:
+                raise NotFound(f"task {task_id} not found")
+            await self._changes.cache.put([task])
         return task
 
     async def list_tasks(
@@ -156,7 +126,7 @@ class Tasks:
         if task is None:
             raise NotFound(f"task {task_id} not found")
         if task.state == TaskState.CANCELLED:
-            await publish_changes(self._events, [task])
+            await self._changes.announce([task])
         elif task.state != TaskState.RUNNING:
             raise FailedPrecondition(f"task {task_id} is already {task.state.value}")
         return task
@@ -164,7 +134,7 @@ class Tasks:
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
         """The task now, then after every change until it is terminal."""
         # Subscribed before the first read, so a change right after it is not missed.
-        async with self._events.subscribe() as events:
+        async with self._changes.events.subscribe() as events:
             task = await self.get(task_id)
             yield task
             subject = f"task/{task.id}"
@@ -175,8 +145,8 @@ class Tasks:
                 except TimeoutError:
                     event = None  # a missed message costs one read, not a stuck watch
                 current = await self.get(task_id)
-                if event is not None or current.updated_at != last.updated_at:
-                    if current.updated_at != last.updated_at:
+                if event is not None or current.version != last.version:
+                    if current.version > last.version:
                         yield current
                     last = current
 
@@ -220,7 +190,7 @@ class Tasks:
         if task is None:
             raise FailedPrecondition(f"dead letter {dead_letter_id} was already redriven")
         await self._dispatcher.send([task])
-        await publish_changes(self._events, [task])
+        await self._changes.announce([task])
         return task
 
     async def purge(self, queue: str | None, type_: str | None, older_than: datetime | None) -> int:

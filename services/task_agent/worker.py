@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from libs.common.events import EventBus
+from services.task_agent.changes import TaskChanges
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.handlers import (
     Handler,
@@ -29,7 +29,7 @@ from services.task_agent.limits import ConcurrencySlots
 from services.task_agent.model import DeadLetterReason, NewTask, Task, TaskType
 from services.task_agent.retry import after_failure
 from services.task_agent.store import TaskStore
-from services.task_agent.tasks import TypeCatalog, publish_changes
+from services.task_agent.tasks import TypeCatalog
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +53,7 @@ class Worker:
         agent_id: str,
         store: TaskStore,
         dispatcher: Dispatcher,
-        events: EventBus,
+        changes: TaskChanges,
         handlers: Handlers,
         catalog: TypeCatalog,
         resources: Resources,
@@ -65,7 +65,7 @@ class Worker:
         self._agent = agent_id
         self._store = store
         self._dispatcher = dispatcher
-        self._events = events
+        self._changes = changes
         self._handlers = handlers
         self._catalog = catalog
         self._resources = resources
@@ -122,7 +122,7 @@ class Worker:
                 self._running[task.id] = entry
                 entry.job = asyncio.create_task(self._execute(entry))
             # Tasks under a shared limit announce their start once they pass it.
-            await publish_changes(self._events, [t for t in claimed if not self._limited(t)])
+            await self._changes.announce([t for t in claimed if not self._limited(t)])
 
     def _limited(self, task: Task) -> bool:
         handler = self._handlers.get(task.type)
@@ -212,7 +212,7 @@ class Worker:
                     )
         for entry in batch:
             await self._finish(entry)
-        await publish_changes(self._events, recorded)
+        await self._changes.announce(recorded)
 
     async def _finish(self, entry: _Running) -> None:
         await self._release_slot(entry)
@@ -247,12 +247,12 @@ class Worker:
             if self._limited(task):
                 if not await self._within_limits(entry, handler.task_type):
                     return
-                await publish_changes(self._events, [task])
+                await self._changes.announce([task])
             result_pending = await self._attempt(entry, handler, payload)
         except asyncio.CancelledError:
             if entry.cancel_requested:
                 ended = await self._store.finish_cancelled(task.id, task.attempts)
-                await publish_changes(self._events, [ended] if ended else [])
+                await self._changes.announce([ended] if ended else [])
                 await self._finish(entry)
                 return
             raise
@@ -307,7 +307,7 @@ class Worker:
             attempt=task.attempts,
             log=bound_logger(str(task.id), task.type, task.attempts),
             resources=self._resources,
-            _report=lambda p: self._store.set_progress(task.id, task.attempts, p),
+            _report=lambda p: self._report_progress(task, p),
         )
         try:
             async with asyncio.timeout(timeout):
@@ -355,6 +355,10 @@ class Worker:
             return True
         return False
 
+    async def _report_progress(self, task: Task, progress: float) -> None:
+        await self._store.set_progress(task.id, task.attempts, progress)
+        await self._changes.progressed(task.id)
+
     async def _failed(
         self,
         task: Task,
@@ -372,7 +376,7 @@ class Worker:
             )
             if retried is not None:
                 await self._dispatcher.send([retried])
-                await publish_changes(self._events, [retried])
+                await self._changes.announce([retried])
             return
         assert decision.reason is not None
         await self._end(task, decision.reason, kind, message)
@@ -386,10 +390,10 @@ class Worker:
         if ended is None:
             return
         failed, fallback_task = ended
-        await publish_changes(self._events, [failed])
+        await self._changes.announce([failed])
         if fallback_task is not None:
             await self._dispatcher.send([fallback_task])
-            await self._events.publish(
+            await self._changes.events.publish(
                 "task.queued",
                 f"task/{fallback_task.id}",
                 {
@@ -399,7 +403,7 @@ class Worker:
                 },
             )
         else:
-            await self._events.publish(
+            await self._changes.events.publish(
                 "task.dead_lettered",
                 f"task/{task.id}",
                 {"id": str(task.id), "type": task.type, "reason": reason.value, "error": message},

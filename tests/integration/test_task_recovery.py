@@ -54,7 +54,8 @@ async def _lose_redis_data(redis_url: str, prefix: str) -> list[bytes]:
 
 
 async def test_a_result_from_an_agent_whose_lease_expired_is_refused(make_task_agent) -> None:
-    # Its queue is served by no agent, so only the claims made here ever hold the task.
+    # Its queue is served by no agent, so only the claims made here ever hold the task. They
+    # announce what they did, as the agents they stand for would.
     agent = await make_task_agent()
     store = agent.store
     async with _channel_to(agent) as channel:
@@ -67,6 +68,7 @@ async def test_a_result_from_an_agent_whose_lease_expired_is_refused(make_task_a
         assert expired.error.kind == "lease_expired"
         [taken] = await store.claim([uuid.UUID(task.id)], "task_agent/b", lease_s=30)
         assert taken.attempts == 2
+        await agent.changes.announce([taken])
 
         assert await store.succeed([(held.id, 1, b'"late"')]) == []
         now = datetime.now(UTC)
@@ -79,6 +81,7 @@ async def test_a_result_from_an_agent_whose_lease_expired_is_refused(make_task_a
 
         [recorded] = await store.succeed([(held.id, 2, b'"on time"')])
         assert recorded.result == b'"on time"'
+        await agent.changes.announce([recorded])
         done = (await stub.GetTask(S.GetTaskRequest(task_id=task.id))).task
         assert done.state == S.TASK_STATE_SUCCEEDED
         assert json.loads(done.result) == "on time"

@@ -1,0 +1,134 @@
+"""The seed's cache layer: a task's latest state in Redis, written through on every change
+and bounded by a TTL, so a website polling thousands of tasks reads Redis, not Postgres.
+A write carries the task's version and is refused if the cache already holds a newer one,
+so concurrent writers never leave an older state behind."""
+
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as redis
+
+from libs.common.redis_client import Keys
+from services.task_agent.model import Priority, RetryPolicy, Task, TaskState
+
+# KEYS[1]: a task's entry, "<version>|<json>". ARGV: ttl seconds, version, json.
+_PUT_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+local held = current and tonumber(string.match(current, '^(%d+)|'))
+if held and held >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. ARGV[3], 'EX', ARGV[1])
+return 1
+"""
+
+
+class TaskCache:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
+        self._redis = client
+        self._keys = keys
+        self._ttl_s = ttl_s
+        self._put = client.register_script(_PUT_IF_NEWER)
+
+    async def get(self, task_id: uuid.UUID) -> Task | None:
+        raw = await self._redis.get(self._keys.task_cache(str(task_id)))
+        if raw is None:
+            return None
+        _, _, value = raw.partition(b"|")
+        return _decode(json.loads(value))
+
+    async def put(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            return
+        # One script call per task: on a cluster, tasks' keys live on different nodes.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                value = json.dumps(_encode(task), separators=(",", ":"))
+                await self._put(
+                    keys=[self._keys.task_cache(str(task.id))],
+                    args=[self._ttl_s, task.version, value],
+                    client=pipe,
+                )
+            await pipe.execute()
+
+    async def forget(self, task_id: uuid.UUID) -> None:
+        await self._redis.delete(self._keys.task_cache(str(task_id)))
+
+
+def _encode(task: Task) -> dict[str, Any]:
+    return {
+        "id": str(task.id),
+        "type": task.type,
+        "state": task.state.value,
+        "payload": base64.b64encode(task.payload).decode(),
+        "queue": task.queue,
+        "priority": int(task.priority),
+        "attempts": task.attempts,
+        "retry": [
+            task.retry.max_attempts,
+            task.retry.initial_backoff_s,
+            task.retry.max_backoff_s,
+            task.retry.multiplier,
+        ],
+        "timeout_s": task.timeout_s,
+        "run_at": task.run_at.isoformat(),
+        "created_at": task.created_at.isoformat(),
+        "updated_at": task.updated_at.isoformat(),
+        "result": base64.b64encode(task.result).decode() if task.result is not None else None,
+        "error_reason": task.error_reason,
+        "error_message": task.error_message,
+        "error_kind": task.error_kind,
+        "idempotency_key": task.idempotency_key,
+        "deadline_at": _iso(task.deadline_at),
+        "fallback_type": task.fallback_type,
+        "concurrency_key": task.concurrency_key,
+        "parent_id": str(task.parent_id) if task.parent_id else None,
+        "labels": task.labels,
+        "started_at": _iso(task.started_at),
+        "finished_at": _iso(task.finished_at),
+        "progress": task.progress,
+        "agent": task.agent,
+        "version": task.version,
+    }
+
+
+def _decode(data: dict[str, Any]) -> Task:
+    return Task(
+        id=uuid.UUID(data["id"]),
+        type=data["type"],
+        state=TaskState(data["state"]),
+        payload=base64.b64decode(data["payload"]),
+        queue=data["queue"],
+        priority=Priority(data["priority"]),
+        attempts=data["attempts"],
+        retry=RetryPolicy(*data["retry"]),
+        timeout_s=data["timeout_s"],
+        run_at=datetime.fromisoformat(data["run_at"]),
+        created_at=datetime.fromisoformat(data["created_at"]),
+        updated_at=datetime.fromisoformat(data["updated_at"]),
+        result=base64.b64decode(data["result"]) if data["result"] is not None else None,
+        error_reason=data["error_reason"],
+        error_message=data["error_message"],
+        error_kind=data["error_kind"],
+        idempotency_key=data["idempotency_key"],
+        deadline_at=_from_iso(data["deadline_at"]),
+        fallback_type=data["fallback_type"],
+        concurrency_key=data["concurrency_key"],
+        parent_id=uuid.UUID(data["parent_id"]) if data["parent_id"] else None,
+        labels=data["labels"],
+        started_at=_from_iso(data["started_at"]),
+        finished_at=_from_iso(data["finished_at"]),
+        progress=data["progress"],
+        agent=data["agent"],
+        version=data["version"],
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

@@ -1,0 +1,59 @@
+"""Every change of a task leaves through one door: the cache gets the new state, and the
+event stream and pub/sub get the event."""
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from libs.common.events import EventBus, make_event
+from services.task_agent.cache import TaskCache
+from services.task_agent.model import Task, TaskState
+
+
+def task_event_data(task: Task) -> dict[str, Any]:
+    return {
+        "id": str(task.id),
+        "type": task.type,
+        "state": task.state.value,
+        "queue": task.queue,
+        "attempts": task.attempts,
+        "agent": task.agent,
+        "error": task.error_message,
+        "reason": task.error_reason,
+        "created_at": task.created_at.timestamp(),
+        "started_at": task.started_at.timestamp() if task.started_at else None,
+        "finished_at": task.finished_at.timestamp() if task.finished_at else None,
+    }
+
+
+EVENT_BY_STATE = {
+    TaskState.QUEUED: "task.queued",
+    TaskState.RUNNING: "task.started",
+    TaskState.RETRYING: "task.retrying",
+    TaskState.SUCCEEDED: "task.succeeded",
+    TaskState.FAILED: "task.failed",
+    TaskState.CANCELLED: "task.cancelled",
+}
+
+
+class TaskChanges:
+    def __init__(self, events: EventBus, cache: TaskCache) -> None:
+        self.events = events
+        self.cache = cache
+
+    async def announce(self, changed: Sequence[Task]) -> None:
+        if not changed:
+            return
+        await self.cache.put(changed)
+        await self.events.publish_events(
+            [
+                make_event(
+                    EVENT_BY_STATE[t.state], f"task/{t.id}", task_event_data(t), self.events.source
+                )
+                for t in changed
+            ]
+        )
+
+    async def progressed(self, task_id: uuid.UUID) -> None:
+        """Progress is not worth an event; the cached copy is dropped instead."""
+        await self.cache.forget(task_id)
