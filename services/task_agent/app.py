@@ -78,7 +78,12 @@ class TaskAgentApp(GrpcApp):
             self.changes,
             self.handlers,
             self.catalog,
-            Resources(http=self._http, limiter=RateLimiter(self._redis, keys)),
+            Resources(
+                http=self._http,
+                limiter=RateLimiter(self._redis, keys),
+                secrets=settings.webhook_secrets,
+                allow_private_networks=settings.http_allow_private_networks,
+            ),
             ConcurrencySlots(self._redis, keys),
             settings.concurrency,
             settings.lease_s,

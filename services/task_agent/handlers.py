@@ -4,7 +4,7 @@ run in a thread) that names its type and defaults, and gets a context."""
 import importlib
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,9 @@ class Resources:
 
     http: httpx.AsyncClient
     limiter: RateLimiter
+    # Webhook signing secrets by name; payloads carry only the name.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    allow_private_networks: bool = False
 
 
 @dataclass

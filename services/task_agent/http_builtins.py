@@ -10,8 +10,10 @@ import asyncio
 import codecs
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
+import socket
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -141,14 +143,19 @@ async def http_request(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     retry=RetryPolicy(max_attempts=5, initial_backoff_s=1, max_backoff_s=60),
 )
 async def deliver_webhook(payload: Any, ctx: TaskContext) -> dict[str, Any]:
-    """Payload: {"url", "body" (any JSON), "secret", "headers", "event", "timeout_s",
-    "rate_limit_per_s"}. POSTs the body as compact JSON with sorted keys, signed (see `sign`);
+    """Payload: {"url", "body" (any JSON), "secret_ref", "headers", "event", "timeout_s",
+    "rate_limit_per_s"}. `secret_ref` names one of the agent's `webhook_secrets`: the secret
+    itself never travels in a payload, so it is not stored with the task nor shown to
+    anyone who can read tasks. POSTs the body as compact JSON with sorted keys, signed (see `sign`);
     the webhook id is the task id, the same on every attempt. Result: {"status",
     "delivered_at"} once the receiver answers 2xx."""
     p = _object(payload)
-    secret = p.get("secret")
-    if not isinstance(secret, str) or not secret:
-        raise NonRetryableError("payload.secret is required: the receiver's signing secret")
+    secret_ref = p.get("secret_ref")
+    if not isinstance(secret_ref, str) or not secret_ref:
+        raise NonRetryableError("payload.secret_ref is required: the name of a webhook secret")
+    secret = ctx.resources.secrets.get(secret_ref)
+    if not secret:
+        raise NonRetryableError(f"unknown secret_ref {secret_ref!r}: no such webhook secret")
     if "body" not in p:
         raise NonRetryableError("payload.body is required (any JSON)")
     headers = _headers(p.get("headers"))
@@ -250,6 +257,8 @@ async def _send(ctx: TaskContext, call: _Call, keep_bytes: int) -> _Response:
     """Sends `call` (after a token of the host's rate limit, when it has one) and reads at
     most `keep_bytes` of the body. A 5xx or 429 raises RetryableError, another 4xx
     NonRetryableError; anything else is returned."""
+    if not ctx.resources.allow_private_networks:
+        await _refuse_private(call)
     if call.rate_limit_per_s:
         await _take_token(ctx.resources.limiter, call.url.host, call.rate_limit_per_s)
     client = ctx.resources.http
@@ -357,6 +366,23 @@ def _object(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise NonRetryableError("the payload must be a JSON object")
     return payload
+
+
+async def _refuse_private(call: _Call) -> None:
+    """Keeps tasks from reaching the agent's own network (loopback, private ranges, cloud
+    metadata): whoever may submit a task must not get a way into internal services."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(call.url.host, call.url.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise RetryableError(f"cannot resolve {call.url.host}: {exc}") from exc
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0])
+        if not address.is_global:
+            raise NonRetryableError(
+                f"{call.where}: {address} is not a public address, and this agent does not "
+                "call private networks (AGENTRY_HTTP_ALLOW_PRIVATE_NETWORKS)"
+            )
 
 
 def _url(value: Any) -> httpx.URL:

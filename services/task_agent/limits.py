@@ -51,6 +51,8 @@ class RateLimiter:
     async def acquire(self, name: str, rate_per_s: float, burst: float | None = None) -> float:
         """Takes a token from bucket `name`: 0.0 when taken, else the seconds until one will
         be there (nothing is taken then)."""
+        if not rate_per_s > 0:
+            raise ValueError(f"a rate limit must be positive, not {rate_per_s}")
         burst = max(1.0, burst if burst is not None else rate_per_s)
         wait = await self._acquire(keys=[self._bucket(name)], args=[rate_per_s, burst])
         return float(wait)

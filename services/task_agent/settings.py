@@ -17,6 +17,11 @@ class TaskAgentSettings(GrpcServerSettings):
     task_cache_ttl_s: int = 60
     # Every this many reads, low priority is read first: high never starves low.
     low_priority_first_every: int = 10
+    # Webhook signing secrets by name (JSON object); webhook.deliver payloads name one.
+    webhook_secrets: dict[str, str] = {}
+    # http.request and webhook.deliver refuse loopback, private and link-local addresses
+    # unless this is set.
+    http_allow_private_networks: bool = False
     reconcile_interval_s: float = 5.0
     # A pending task still not claimed this long after its dispatch is dispatched again.
     redispatch_after_s: float = 30.0

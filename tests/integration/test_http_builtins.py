@@ -7,16 +7,17 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from agentry.tasks.v1 import tasks_pb2
+from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.redis_client import Keys, create_redis
 from services.task_agent.http_builtins import MAX_RESPONSE_BYTES, verify
 from services.task_agent.limits import RateLimiter
@@ -124,6 +125,30 @@ def upstream() -> Iterator[Upstream]:
     up.server.shutdown()
     up.server.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture
+async def tasks_stub(make_task_agent) -> AsyncIterator[tasks_pb2_grpc.TaskServiceStub]:
+    """An agent that knows the webhook secret "shop" and may call this machine's upstream."""
+    agent = await make_task_agent(
+        webhook_secrets={"shop": SECRET}, http_allow_private_networks=True
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+        yield tasks_pb2_grpc.TaskServiceStub(channel)
+
+
+async def test_private_networks_are_refused_by_default(make_task_agent, upstream) -> None:
+    agent = await make_task_agent()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+        stub = tasks_pb2_grpc.TaskServiceStub(channel)
+        url = upstream.script("/internal", Reply(200))
+        task = await _submit(stub, "http.request", {"url": url})
+        done = await _finished(stub, task.id)
+
+    assert done.state == S.TASK_STATE_FAILED
+    assert done.error.reason == "non_retryable"
+    assert "not a public address" in done.error.message
+    assert upstream.received("/internal") == []
 
 
 # Submitting and waiting
@@ -356,7 +381,7 @@ async def test_a_host_rate_limit_spaces_requests_across_the_agent(tasks_stub, up
 
 
 def _webhook(url: str, body: Any, **extra: Any) -> dict[str, Any]:
-    return {"url": url, "body": body, "secret": SECRET, **extra}
+    return {"url": url, "body": body, "secret_ref": "shop", **extra}
 
 
 async def test_a_webhook_is_delivered_signed_so_the_receiver_can_verify_it(
@@ -427,12 +452,12 @@ async def test_a_webhook_the_receiver_refuses_fails_without_revealing_the_secret
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"secret": ""}, "payload.secret is required"),
-        ({"secret": None}, "payload.secret is required"),
+        ({"secret_ref": ""}, "payload.secret_ref is required"),
+        ({"secret_ref": "nope"}, "unknown secret_ref"),
         ({"headers": {"Agentry-Webhook-Id": "mine"}}, "may not set Agentry-Webhook-Id"),
         ({"url": "file:///etc/passwd"}, "must be an http or https URL"),
     ],
-    ids=["empty secret", "no secret", "own id", "file url"],
+    ids=["no secret ref", "unknown secret ref", "own id", "file url"],
 )
 async def test_a_bad_webhook_payload_fails_at_once_and_sends_nothing(
     tasks_stub, upstream, change: dict[str, Any], message: str
