@@ -28,6 +28,7 @@ test: venv lint check-protos
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy libs/common services dev
 	$(BIN)/buf lint protos
 	$(BIN)/buf format --diff --exit-code protos
 

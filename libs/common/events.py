@@ -140,7 +140,7 @@ class EventConsumer:
             claimed = await self._claim_stale()
             if claimed:
                 return claimed
-            reply = await self._redis.xreadgroup(
+            reply: Any = await self._redis.xreadgroup(
                 self._group,
                 self._consumer,
                 {self._stream: ">"},

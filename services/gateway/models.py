@@ -53,7 +53,9 @@ class TaskIn(BaseModel):
             type=self.type,
             payload=json.dumps(self.payload, separators=(",", ":")).encode(),
             queue=self.queue or "",
-            priority=PRIORITY_TO_PROTO[self.priority] if self.priority else 0,
+            priority=PRIORITY_TO_PROTO[self.priority]
+            if self.priority
+            else tasks_pb2.PRIORITY_UNSPECIFIED,
             idempotency_key=self.idempotency_key or idempotency_key or "",
             timeout_s=self.timeout_s or 0,
             deadline_s=self.deadline_s or 0,

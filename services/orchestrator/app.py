@@ -21,12 +21,13 @@ class OrchestratorApp(GrpcApp):
             [
                 (
                     workflows_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                    workflows_pb2_grpc.WorkflowServiceServicer(),
+                    # Answers UNIMPLEMENTED until the workflow issue (#5) builds it.
+                    workflows_pb2_grpc.WorkflowServiceServicer(),  # type: ignore[abstract]
                     workflows_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
                 ),
                 (
                     agents_pb2_grpc.add_AgentRegistryServiceServicer_to_server,
-                    agents_pb2_grpc.AgentRegistryServiceServicer(),
+                    agents_pb2_grpc.AgentRegistryServiceServicer(),  # type: ignore[abstract]
                     agents_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name,
                 ),
             ],

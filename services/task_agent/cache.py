@@ -33,7 +33,7 @@ class TaskCache:
         self._put = client.register_script(_PUT_IF_NEWER)
 
     async def get(self, task_id: uuid.UUID) -> Task | None:
-        raw = await self._redis.get(self._keys.task_cache(str(task_id)))
+        raw: Any = await self._redis.get(self._keys.task_cache(str(task_id)))
         if raw is None:
             return None
         _, _, value = raw.partition(b"|")

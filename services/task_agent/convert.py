@@ -61,7 +61,8 @@ def state_from_proto(value: int) -> TaskState | None:
     if value == tasks_pb2.TASK_STATE_UNSPECIFIED:
         return None
     try:
-        return TaskState(tasks_pb2.TaskState.Name(value).removeprefix("TASK_STATE_"))
+        name = tasks_pb2.TaskState.Name(tasks_pb2.TaskState.ValueType(value))
+        return TaskState(name.removeprefix("TASK_STATE_"))
     except ValueError:
         raise InvalidArgument(f"unknown task state {value}") from None
 
@@ -75,7 +76,7 @@ def task_to_proto(task: Task) -> tasks_pb2.Task:
         result=task.result or b"",
         attempts=task.attempts,
         queue=task.queue,
-        priority=int(task.priority),
+        priority=tasks_pb2.Priority.ValueType(int(task.priority)),
         idempotency_key=task.idempotency_key or "",
         retry=retry_to_proto(task.retry),
         timeout_s=task.timeout_s,

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
@@ -100,9 +100,9 @@ class Dispatcher:
 
     async def next_due_in(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest delayed task of these queues is due."""
-        earliest = None
+        earliest: float | None = None
         for queue in queues:
-            first = await self._redis.zrange(self._delayed(queue), 0, 0, withscores=True)
+            first: Any = await self._redis.zrange(self._delayed(queue), 0, 0, withscores=True)
             if first and (earliest is None or first[0][1] < earliest):
                 earliest = first[0][1]
         return None if earliest is None else max(0.0, earliest - time.time())
@@ -132,7 +132,7 @@ class Dispatcher:
         self, streams: list[str], consumer: str, count: int, block_ms: int | None
     ) -> list[Message]:
         try:
-            reply = await self._redis.xreadgroup(
+            reply: Any = await self._redis.xreadgroup(
                 GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
             )
         except ResponseError as exc:

@@ -15,7 +15,6 @@ import json
 import math
 import socket
 import time
-from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -318,12 +317,12 @@ async def _read(response: httpx.Response, keep_bytes: int) -> tuple[bytes, bool]
     """At most `keep_bytes` of the body, and whether there was more."""
     chunks: list[bytes] = []
     size = 0
-    async with aclosing(response.aiter_bytes()) as stream:
-        async for chunk in stream:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > keep_bytes:
-                break
+    # Breaking out early is fine: the caller closes the response.
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > keep_bytes:
+            break
     return b"".join(chunks)[:keep_bytes], size > keep_bytes
 
 

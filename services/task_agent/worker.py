@@ -186,12 +186,12 @@ class Worker:
                 if entry.slot_key is not None:
                     await self._slots.renew(entry.slot_key, entry.task.id.hex, self._lease_s)
             for task_id in cancelled:
-                entry = self._running.get(task_id)
-                if entry is not None and not entry.cancel_requested and entry.job is not None:
-                    entry.cancel_requested = True
-                    if entry.ctx is not None:
-                        entry.ctx.cancelled.set()
-                    entry.job.cancel()
+                wanted = self._running.get(task_id)
+                if wanted is not None and not wanted.cancel_requested and wanted.job is not None:
+                    wanted.cancel_requested = True
+                    if wanted.ctx is not None:
+                        wanted.ctx.cancelled.set()
+                    wanted.job.cancel()
 
     async def _flush_results(self) -> None:
         self._results_ready.clear()

@@ -79,7 +79,9 @@ async def list_tasks(
     reply = await services.call(
         services.tasks.ListTasks,
         tasks_pb2.ListTasksRequest(
-            state=tasks_pb2.TaskState.Value(f"TASK_STATE_{state}") if state else 0,
+            state=tasks_pb2.TaskState.Value(f"TASK_STATE_{state}")
+            if state
+            else tasks_pb2.TASK_STATE_UNSPECIFIED,
             type=type or "",
             queue=queue or "",
             page_size=page_size,
