@@ -184,3 +184,56 @@ def _time(message: Any, field: str) -> datetime | None:
         return None
     value: Timestamp = getattr(message, field)
     return value.ToDatetime(tzinfo=UTC)
+
+
+class PurgeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queue: str | None = None
+    type: str | None = None
+    older_than: datetime | None = None
+
+
+class PurgeOut(BaseModel):
+    purged: int
+
+
+class TaskTypeOut(BaseModel):
+    name: str
+    queue: str
+    retry: RetryIn
+    timeout_s: float
+    fallback_type: str | None
+    rate_limit_per_s: float
+    agents: list[str]
+
+    @classmethod
+    def from_proto(cls, t: tasks_pb2.TaskType) -> "TaskTypeOut":
+        return cls(
+            name=t.name,
+            queue=t.queue,
+            retry=RetryIn(
+                max_attempts=t.retry.max_attempts,
+                initial_backoff_s=t.retry.initial_backoff_s,
+                max_backoff_s=t.retry.max_backoff_s,
+                multiplier=t.retry.multiplier,
+            ),
+            timeout_s=t.timeout_s,
+            fallback_type=t.fallback_type or None,
+            rate_limit_per_s=t.rate_limit_per_s,
+            agents=list(t.agents),
+        )
+
+
+class TaskTypeList(BaseModel):
+    items: list[TaskTypeOut]
+
+
+class QueueStatsOut(BaseModel):
+    queue: str
+    depth: int
+    lag_s: float
+    running: int
+
+
+class QueueStatsList(BaseModel):
+    items: list[QueueStatsOut]

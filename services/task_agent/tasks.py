@@ -42,7 +42,8 @@ class TypeCatalog:
         if time.monotonic() - self._read_at > self._ttl_s:
             self._cached = {t.name: t for t in await self._types.live_types(seen_within_s=120)}
             self._read_at = time.monotonic()
-        return {**self._cached, **self._local}
+        # What Postgres says wins: it knows every agent serving a type, this one included.
+        return {**self._local, **self._cached}
 
     async def listed(self) -> list[TaskType]:
         self._read_at = float("-inf")

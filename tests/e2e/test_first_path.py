@@ -123,3 +123,44 @@ def test_callers_need_a_valid_token_and_the_right_role(platform) -> None:
     with platform.client(None) as anonymous:
         assert anonymous.get("/healthz").status_code == 200
         assert anonymous.get("/readyz").status_code == 200
+
+
+def test_a_dead_letter_is_redriven_and_purged_through_rest(platform) -> None:
+    body = {
+        "type": "fail",
+        "payload": {"times": 1, "retryable": False, "message": "card declined"},
+        "labels": {"case": "redrive"},
+    }
+    with platform.client("operator") as operator:
+        failed = operator.post("/v1/tasks", json=body).json()
+        failed = _wait_for_state(operator, failed["id"], {"FAILED"})
+        assert failed["error"]["reason"] == "non_retryable"
+        assert "card declined" in failed["error"]["message"]
+        letters = operator.get("/v1/dead-letters", params={"type": "fail"}).json()["items"]
+        [letter] = [d for d in letters if d["task"]["id"] == failed["id"]]
+
+        redriven = operator.post(
+            f"/v1/dead-letters/{letter['id']}/redrive", json={"payload": {"times": 0}}
+        )
+        assert redriven.status_code == 201, redriven.text[:300]
+        done = _wait_for_state(operator, redriven.json()["id"], {"SUCCEEDED"})
+        assert done["parent_id"] == failed["id"]
+        again = operator.post(f"/v1/dead-letters/{letter['id']}/redrive", json={})
+        assert again.status_code == 409
+
+        assert operator.post("/v1/dead-letters/purge", json={"type": "fail"}).status_code == 403
+    with platform.client("admin") as admin:
+        purged = admin.post("/v1/dead-letters/purge", json={"type": "fail"})
+        assert purged.status_code == 200
+        assert purged.json()["purged"] >= 1
+        assert admin.get("/v1/dead-letters", params={"type": "fail"}).json()["items"] == []
+
+
+def test_task_types_and_queues_are_listed(platform) -> None:
+    with platform.client("viewer") as viewer:
+        types = {t["name"]: t for t in viewer.get("/v1/task-types").json()["items"]}
+        queues = viewer.get("/v1/queues")
+    assert {"echo", "sleep", "fail", "http.request", "webhook.deliver"} <= set(types)
+    assert types["echo"]["agents"], "a running agent serves echo"
+    assert queues.status_code == 200
+    assert all(q["depth"] >= 0 for q in queues.json()["items"])

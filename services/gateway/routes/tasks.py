@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Request, status
 
 from agentry.tasks.v1 import tasks_pb2
-from services.gateway.auth import Operator, Viewer
+from services.gateway.auth import Admin, Operator, Viewer
 from services.gateway.clients import Services
 from services.gateway.models import (
     BatchIn,
@@ -14,10 +14,16 @@ from services.gateway.models import (
     CancelIn,
     DeadLetterOut,
     DeadLetterPage,
+    PurgeIn,
+    PurgeOut,
+    QueueStatsList,
+    QueueStatsOut,
     RedriveIn,
     TaskIn,
     TaskOut,
     TaskPage,
+    TaskTypeList,
+    TaskTypeOut,
 )
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
@@ -148,3 +154,32 @@ async def redrive_dead_letter(
         redrive.payload = json.dumps(body.payload, separators=(",", ":")).encode()
     reply = await services.call(services.tasks.RedriveDeadLetter, redrive)
     return TaskOut.from_proto(reply.task)
+
+
+@router.post("/dead-letters/purge", response_model=PurgeOut)
+async def purge_dead_letters(request: Request, body: PurgeIn, principal: Admin) -> PurgeOut:
+    services = _services(request)
+    purge = tasks_pb2.PurgeDeadLettersRequest(queue=body.queue or "", type=body.type or "")
+    if body.older_than is not None:
+        purge.older_than.FromDatetime(body.older_than)
+    reply = await services.call(services.tasks.PurgeDeadLetters, purge)
+    return PurgeOut(purged=reply.purged)
+
+
+@router.get("/task-types", response_model=TaskTypeList)
+async def list_task_types(request: Request, principal: Viewer) -> TaskTypeList:
+    services = _services(request)
+    reply = await services.call(services.tasks.ListTaskTypes, tasks_pb2.ListTaskTypesRequest())
+    return TaskTypeList(items=[TaskTypeOut.from_proto(t) for t in reply.task_types])
+
+
+@router.get("/queues", response_model=QueueStatsList)
+async def queue_stats(request: Request, principal: Viewer) -> QueueStatsList:
+    services = _services(request)
+    reply = await services.call(services.tasks.GetQueueStats, tasks_pb2.GetQueueStatsRequest())
+    return QueueStatsList(
+        items=[
+            QueueStatsOut(queue=q.queue, depth=q.depth, lag_s=q.lag_s, running=q.running)
+            for q in reply.queues
+        ]
+    )
