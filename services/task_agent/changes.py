@@ -41,10 +41,13 @@ class TaskChanges:
         self.events = events
         self.cache = cache
 
-    async def announce(self, changed: Sequence[Task]) -> None:
+    async def announce(self, changed: Sequence[Task], new: bool = False) -> None:
+        """`new`: the tasks were just created, so no cached copy can exist to update; the
+        first read fills the cache."""
         if not changed:
             return
-        await self.cache.put(changed)
+        if not new:
+            await self.cache.put(changed)
         await self.events.publish_events(
             [
                 make_event(

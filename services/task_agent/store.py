@@ -1,6 +1,7 @@
 """Tasks in PostgreSQL, the source of truth. Every transition is one statement guarded by
 the state it expects and, for a running task, by the fencing token (its attempt)."""
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -10,10 +11,46 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.task_agent.model import NewTask, Task, TaskState
-from services.task_agent.tables import dead_letters, insert_values, row_to_task, tasks
+from services.task_agent.tables import (
+    dead_letters,
+    insert_values,
+    row_to_task,
+    stored_task,
+    tasks,
+)
 
 NOW = sa.func.now()
 PENDING = (TaskState.QUEUED.value, TaskState.RETRYING.value)
+
+# One constant statement whatever the batch size: arrays, not a VALUES list, so neither
+# SQLAlchemy nor psycopg compiles anything per batch.
+_INSERT_COLUMNS = {
+    "id": "uuid", "type": "text", "queue": "text", "priority": "smallint", "state": "text",
+    "payload": "bytea", "attempts": "int", "max_attempts": "int", "initial_backoff_s": "float8",
+    "max_backoff_s": "float8", "backoff_multiplier": "float8", "timeout_s": "float8",
+    "deadline_at": "timestamptz", "fallback_type": "text", "parent_id": "uuid",
+    "concurrency_key": "text", "idempotency_key": "text", "labels": "jsonb", "run_at": "timestamptz",
+    "dispatched_at": "timestamptz", "progress": "float8", "cancel_requested": "bool",
+    "created_at": "timestamptz", "updated_at": "timestamptz",
+}  # fmt: skip
+_INSERT = sa.text(
+    f"INSERT INTO tasks.tasks ({', '.join(_INSERT_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in _INSERT_COLUMNS.items())}) "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+)
+
+
+_CLAIM = sa.text(
+    """
+    UPDATE tasks.tasks
+       SET state = 'RUNNING', attempts = attempts + 1, agent = :agent,
+           lease_expires_at = now() + make_interval(secs => :lease),
+           started_at = coalesce(started_at, now()), updated_at = now()
+     WHERE id = ANY(CAST(:ids AS uuid[])) AND state IN ('QUEUED', 'RETRYING')
+       AND run_at <= now() AND NOT cancel_requested
+    RETURNING *
+    """
+)
 
 
 class TaskStore:
@@ -21,18 +58,17 @@ class TaskStore:
         self._engine = engine
 
     async def insert(self, batch: Sequence[NewTask], now: datetime) -> list[tuple[Task, bool]]:
-        """Stores a batch in one transaction. A task whose idempotency key is taken is not
-        stored; the existing task stands in its place (created=False)."""
+        """Stores a batch in one statement of one transaction. A task whose idempotency key is
+        taken is not stored; the existing task stands in its place (created=False)."""
         rows = [insert_values(new, now) for new in batch]
+        columns = {name: [row[name] for row in rows] for name in _INSERT_COLUMNS}
+        columns["labels"] = [json.dumps(labels) for labels in columns["labels"]]
         async with self._engine.begin() as conn:
-            inserted = await conn.execute(
-                pg.insert(tasks)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                .returning(*tasks.c)
-            )
-            by_id = {row.id: row_to_task(row) for row in inserted}
-            missing = [n.idempotency_key for n in batch if n.id not in by_id and n.idempotency_key]
+            inserted = await conn.execute(_INSERT, columns)
+            created = {row.id for row in inserted}
+            missing = [
+                n.idempotency_key for n in batch if n.id not in created and n.idempotency_key
+            ]
             existing = {}
             if missing:
                 found = await conn.execute(
@@ -40,7 +76,7 @@ class TaskStore:
                 )
                 existing = {row.idempotency_key: row_to_task(row) for row in found}
         return [
-            (by_id[n.id], True) if n.id in by_id else (existing[n.idempotency_key], False)
+            (stored_task(n, now), True) if n.id in created else (existing[n.idempotency_key], False)
             for n in batch
         ]
 
@@ -73,26 +109,9 @@ class TaskStore:
     async def claim(self, ids: Sequence[uuid.UUID], agent: str, lease_s: float) -> list[Task]:
         """Takes the due ones among `ids` for `agent`: attempts + 1 is the new fencing token.
         Ids already claimed, cancelled or not yet due are left alone."""
-        query = (
-            sa.update(tasks)
-            .where(
-                tasks.c.id.in_(ids),
-                tasks.c.state.in_(PENDING),
-                tasks.c.run_at <= NOW,
-                tasks.c.cancel_requested.is_(False),
-            )
-            .values(
-                state=TaskState.RUNNING.value,
-                attempts=tasks.c.attempts + 1,
-                agent=agent,
-                lease_expires_at=NOW + sa.func.make_interval(0, 0, 0, 0, 0, 0, lease_s),
-                started_at=sa.func.coalesce(tasks.c.started_at, NOW),
-                updated_at=NOW,
-            )
-            .returning(*tasks.c)
-        )
         async with self._engine.begin() as conn:
-            return [row_to_task(row) for row in await conn.execute(query)]
+            rows = await conn.execute(_CLAIM, {"ids": list(ids), "agent": agent, "lease": lease_s})
+            return [row_to_task(row) for row in rows]
 
     async def succeed(self, outcomes: Sequence[tuple[uuid.UUID, int, bytes]]) -> list[Task]:
         """Records results in one statement; an outcome whose attempt is stale is refused

@@ -150,3 +150,28 @@ def insert_values(new: NewTask, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "updated_at": now,
     }
+
+
+def stored_task(new: NewTask, now: datetime) -> Task:
+    """The task as `insert_values` stores it, without reading it back."""
+    return Task(
+        id=new.id,
+        type=new.type,
+        state=TaskState.QUEUED,
+        payload=new.payload,
+        queue=new.queue,
+        priority=new.priority,
+        attempts=0,
+        retry=new.retry,
+        timeout_s=new.timeout_s,
+        run_at=new.run_at,
+        created_at=now,
+        updated_at=now,
+        idempotency_key=new.idempotency_key,
+        deadline_at=new.deadline_at,
+        fallback_type=new.fallback_type,
+        concurrency_key=new.concurrency_key,
+        parent_id=new.parent_id,
+        labels=dict(new.labels),
+        version=1,
+    )

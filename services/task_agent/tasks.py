@@ -91,7 +91,7 @@ class Tasks:
         stored = await self._store.insert(new, now)
         created = [task for task, was_created in stored if was_created]
         await self._dispatcher.send(created)
-        await self._changes.announce(created)
+        await self._changes.announce(created, new=True)
         return stored
 
     async def get(self, task_id: str) -> Task:
