@@ -18,7 +18,9 @@ def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
         sqlalchemy_url(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per checkout): a connection a restart broke fails one
+        # call and is replaced; connections are recycled before servers drop idle ones.
+        pool_recycle=1800,
         # Prepared statements do not survive a transaction-mode pooler.
         connect_args={"prepare_threshold": None},
     )

@@ -49,8 +49,9 @@ async def test_a_rate_limit_holds_across_replicas_without_spending_attempts(repl
     done = await _results(replicas, ids)
 
     starts = sorted(json.loads(t.result)["started"] for t in done)
-    # 4/s with a burst of 4: 12 tasks take at least (12 - 4) / 4 = 2 s, whichever replica ran them.
-    assert starts[-1] - starts[0] >= 1.9
+    # 4/s with a burst of 4: the last of 12 gets its token (12 - 4) / 4 = 2 s after the first
+    # one, whichever replica ran it (less the time the first took to start once it had it).
+    assert starts[-1] - starts[0] >= 1.7
     for window_start in starts:
         in_window = [s for s in starts if window_start <= s < window_start + 1.0]
         assert len(in_window) <= 4 + 4  # the burst plus one second's tokens
