@@ -10,6 +10,7 @@ from typing import Any
 
 import redis.asyncio as redis
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from agentry.events.v1 import events_pb2
@@ -71,13 +72,18 @@ class EventBus:
         if not events:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                raw = event.SerializeToString()
-                pipe.xadd(
-                    self._keys.event_stream(), {_FIELD: raw}, maxlen=self._maxlen, approximate=True
-                )
-                pipe.publish(self._keys.event_channel(), raw)
+            self.queue_events(pipe, events)
             await pipe.execute()
+
+    def queue_events(self, pipe: Pipeline, events: Sequence[events_pb2.Event]) -> None:
+        """Adds the publication of `events` to a caller's pipeline (one round trip for the
+        caller's own writes and the events together)."""
+        for event in events:
+            raw = event.SerializeToString()
+            pipe.xadd(
+                self._keys.event_stream(), {_FIELD: raw}, maxlen=self._maxlen, approximate=True
+            )
+            pipe.publish(self._keys.event_channel(), raw)
 
 
 class Subscription:

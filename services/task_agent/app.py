@@ -50,7 +50,7 @@ class TaskAgentApp(GrpcApp):
         self.catalog = TypeCatalog(self.types, self.handlers.types)
         self.events = EventBus(self._redis, keys, source=f"{self.role}/{settings.instance}")
         self.changes = TaskChanges(
-            self.events, TaskCache(self._redis, keys, settings.task_cache_ttl_s)
+            self._redis, self.events, TaskCache(self._redis, keys, settings.task_cache_ttl_s)
         )
         self.tasks = Tasks(
             self.store,

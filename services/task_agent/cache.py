@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 
 from libs.common.redis_client import Keys
 from services.task_agent.model import Priority, RetryPolicy, Task, TaskState
@@ -40,18 +41,21 @@ class TaskCache:
         return _decode(json.loads(value))
 
     async def put(self, tasks: Sequence[Task]) -> None:
-        if not tasks:
-            return
-        # One script call per task: on a cluster, tasks' keys live on different nodes.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task in tasks:
-                value = json.dumps(_encode(task), separators=(",", ":"))
-                await self._put(
-                    keys=[self._keys.task_cache(str(task.id))],
-                    args=[self._ttl_s, task.version, value],
-                    client=pipe,
-                )
-            await pipe.execute()
+        if tasks:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self.queue_put(pipe, tasks)
+                await pipe.execute()
+
+    async def queue_put(self, pipe: Pipeline, tasks: Sequence[Task]) -> None:
+        """Adds the writes of `tasks` to a caller's pipeline. One script call per task: on a
+        cluster, tasks' keys live on different nodes."""
+        for task in tasks:
+            value = json.dumps(_encode(task), separators=(",", ":"))
+            await self._put(
+                keys=[self._keys.task_cache(str(task.id))],
+                args=[self._ttl_s, task.version, value],
+                client=pipe,
+            )
 
     async def forget(self, task_id: uuid.UUID) -> None:
         await self._redis.delete(self._keys.task_cache(str(task_id)))

@@ -5,6 +5,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import redis.asyncio as redis
+
 from libs.common.events import EventBus, make_event
 from services.task_agent.cache import TaskCache
 from services.task_agent.model import Task, TaskState
@@ -37,25 +39,27 @@ EVENT_BY_STATE = {
 
 
 class TaskChanges:
-    def __init__(self, events: EventBus, cache: TaskCache) -> None:
+    def __init__(self, client: redis.Redis, events: EventBus, cache: TaskCache) -> None:
+        self._redis = client
         self.events = events
         self.cache = cache
 
     async def announce(self, changed: Sequence[Task], new: bool = False) -> None:
-        """`new`: the tasks were just created, so no cached copy can exist to update; the
-        first read fills the cache."""
+        """Cache writes and events in one round trip. `new`: the tasks were just created, so
+        no cached copy can exist to update; the first read fills the cache."""
         if not changed:
             return
-        if not new:
-            await self.cache.put(changed)
-        await self.events.publish_events(
-            [
-                make_event(
-                    EVENT_BY_STATE[t.state], f"task/{t.id}", task_event_data(t), self.events.source
-                )
-                for t in changed
-            ]
-        )
+        events = [
+            make_event(
+                EVENT_BY_STATE[t.state], f"task/{t.id}", task_event_data(t), self.events.source
+            )
+            for t in changed
+        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if not new:
+                await self.cache.queue_put(pipe, changed)
+            self.events.queue_events(pipe, events)
+            await pipe.execute()
 
     async def progressed(self, task_id: uuid.UUID) -> None:
         """Progress is not worth an event; the cached copy is dropped instead."""
