@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 PARKED_QUEUE = "bench-parked"  # no agent reads it: what is submitted there stays queued
 _POLL_S = 0.05
+_STALL_S = 30.0  # no task finished for this long: the agent is stuck
 
 
 def _specs(start: int, count: int, queue: str = "") -> list[tasks_pb2.TaskSpec]:
@@ -54,22 +55,30 @@ async def _clock_offset(conn: psycopg.AsyncConnection[Any]) -> float:
 
 
 async def _wait_succeeded(
-    conn: psycopg.AsyncConnection[Any], n: int, deadline_s: float, check_alive: Callable[[], None]
+    conn: psycopg.AsyncConnection[Any], n: int, deadline_s: float, check: Callable[[], None]
 ) -> float:
-    """Polls until `n` tasks have SUCCEEDED; answers the perf_counter time it saw them."""
+    """Polls until `n` tasks have SUCCEEDED; answers the perf_counter time it saw them.
+    `check` raises when waiting is pointless (the agent died, the submitter failed); so does
+    a count that has not moved for _STALL_S."""
     deadline = time.monotonic() + deadline_s
+    last, moved_at = -1, time.monotonic()
     while True:
         row = await (
             await conn.execute("SELECT count(*) FROM tasks.tasks WHERE state = 'SUCCEEDED'")
         ).fetchone()
-        if row is not None and row[0] >= n:
+        done = row[0] if row is not None else 0
+        if done >= n:
             return time.perf_counter()
-        check_alive()
-        if time.monotonic() > deadline:
+        check()
+        now = time.monotonic()
+        if done != last:
+            last, moved_at = done, now
+        if now > deadline or now - moved_at > _STALL_S:
             states = await (
                 await conn.execute("SELECT state, count(*) FROM tasks.tasks GROUP BY state")
             ).fetchall()
-            raise TimeoutError(f"not all {n} tasks succeeded in {deadline_s:.0f}s: {states}")
+            why = f"in {deadline_s:.0f}s" if now > deadline else f"(none for {_STALL_S:.0f}s)"
+            raise TimeoutError(f"not all {n} tasks succeeded {why}: {dict(states)}")
         await asyncio.sleep(_POLL_S)
 
 
@@ -106,8 +115,14 @@ class AgentryBench:
             offset = await _clock_offset(conn)
             began_wall, began = time.time(), time.perf_counter()
             submitting = asyncio.create_task(_submit_batches(stub, requests))
+
+            def check() -> None:
+                self._check_alive()
+                if submitting.done() and submitting.exception() is not None:
+                    submitting.result()  # raises the submitter's error
+
             try:
-                seen_at = await _wait_succeeded(conn, n, deadline_s, self._check_alive)
+                seen_at = await _wait_succeeded(conn, n, deadline_s, check)
             finally:
                 if not submitting.done():
                     submitting.cancel()
@@ -140,6 +155,7 @@ class AgentryBench:
         by the server side."""
         n = round(rate * seconds)
         rpc_ms: list[float] = []
+        errors: list[str] = []
         async with (
             grpc.aio.insecure_channel(self._address) as channel,
             await psycopg.AsyncConnection.connect(self._database_url, autocommit=True) as conn,
@@ -149,7 +165,11 @@ class AgentryBench:
             async def submit_one(i: int) -> None:
                 request = tasks_pb2.SubmitTaskRequest(task=_specs(i, 1)[0])
                 sent = time.perf_counter()
-                await stub.SubmitTask(request, timeout=10)
+                try:
+                    await stub.SubmitTask(request, timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    errors.append(f"{exc.code().name}: {exc.details()}")
+                    return
                 rpc_ms.append((time.perf_counter() - sent) * 1000)
 
             began = time.perf_counter()
@@ -161,7 +181,11 @@ class AgentryBench:
                 calls.append(asyncio.create_task(submit_one(i)))
             sent_over = time.perf_counter() - began
             await asyncio.gather(*calls)
-            await _wait_succeeded(conn, n, deadline_s, self._check_alive)
+            if errors:
+                log.warning(
+                    "%d of %d SubmitTask calls failed, first: %s", len(errors), n, errors[0]
+                )
+            await _wait_succeeded(conn, len(rpc_ms), deadline_s, self._check_alive)
             rows = await (
                 await conn.execute(
                     "SELECT extract(epoch FROM started_at - created_at) * 1000,"
@@ -173,6 +197,7 @@ class AgentryBench:
             "tasks": n,
             "target_rate_per_s": rate,
             "achieved_rate_per_s": (n - 1) / sent_over if sent_over > 0 else None,
+            "submit_errors": len(errors),
             "submit_to_start_ms": distribution([float(r[0]) for r in rows]),
             "submit_to_finish_ms": distribution([float(r[1]) for r in rows]),
             "submit_rpc_ms": distribution(rpc_ms),

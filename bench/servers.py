@@ -18,6 +18,7 @@ import redis
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from bench.cpu import parent_of
 from dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from libs.common.migrations import upgrade
 
@@ -107,3 +108,23 @@ def reset_tasks(database_url: str, redis_url: str, keys: list[str]) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def server_pids(servers: Servers) -> tuple[int | None, int | None]:
+    """(postmaster pid, redis pid) when those servers run on this machine, else None."""
+    postmaster = redis_pid = None
+    with psycopg.connect(servers.database_url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    if row is not None and Path(f"/proc/{row[0]}").exists():
+        postmaster = parent_of(row[0])
+    client = redis.Redis.from_url(servers.redis_url)
+    try:
+        pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() in ("redis-server", "valkey-server"):
+            redis_pid = pid
+    except OSError:
+        pass
+    return postmaster, redis_pid
