@@ -3,6 +3,7 @@
 
 import json
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -77,24 +78,24 @@ class EventBus:
 
     def queue_events(self, pipe: Pipeline, events: Sequence[events_pb2.Event]) -> None:
         """Adds the publication of `events` to a caller's pipeline (one round trip for the
-        caller's own writes and the events together)."""
-        for event in events:
-            raw = event.SerializeToString()
-            pipe.xadd(
-                self._keys.event_stream(), {_FIELD: raw}, maxlen=self._maxlen, approximate=True
-            )
-            pipe.publish(self._keys.event_channel(), raw)
+        caller's own writes and the events together): one stream entry and one pub/sub
+        message for the whole batch."""
+        raw = events_pb2.EventBatch(events=events).SerializeToString()
+        pipe.xadd(self._keys.event_stream(), {_FIELD: raw}, maxlen=self._maxlen, approximate=True)
+        pipe.publish(self._keys.event_channel(), raw)
 
 
 class Subscription:
     def __init__(self, pubsub: "redis.client.PubSub") -> None:
         self._pubsub = pubsub
+        self._pending: deque[events_pb2.Event] = deque()
 
     async def next(self) -> events_pb2.Event:
-        while True:
+        while not self._pending:
             message = await self._pubsub.get_message(timeout=None)
             if message is not None and message["type"] == "message":
-                return events_pb2.Event.FromString(message["data"])
+                self._pending.extend(events_pb2.EventBatch.FromString(message["data"]).events)
+        return self._pending.popleft()
 
     async def next_for(self, subject: str) -> events_pb2.Event:
         while True:
@@ -105,8 +106,14 @@ class Subscription:
 
 @dataclass(frozen=True)
 class Delivery:
+    """One stream entry: the events of one batch, acknowledged together."""
+
     message_id: bytes
-    event: events_pb2.Event
+    events: Sequence[events_pb2.Event]
+
+
+def events_of(deliveries: Sequence[Delivery]) -> list[events_pb2.Event]:
+    return [event for delivery in deliveries for event in delivery.events]
 
 
 class EventConsumer:
@@ -180,4 +187,4 @@ class EventConsumer:
 
     @staticmethod
     def _delivery(message_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
-        return Delivery(message_id, events_pb2.Event.FromString(fields[_FIELD]))
+        return Delivery(message_id, events_pb2.EventBatch.FromString(fields[_FIELD]).events)

@@ -8,7 +8,7 @@ import structlog
 
 from agentry.analysis.v1 import analysis_pb2, analysis_pb2_grpc
 from libs.common.db import create_engine
-from libs.common.events import EventConsumer
+from libs.common.events import EventConsumer, events_of
 from libs.common.lifecycle import AgentState
 from libs.common.redis_client import Keys, create_redis
 from libs.common.service import GrpcApp, Loop
@@ -59,7 +59,7 @@ class AnalysisApp(GrpcApp):
         while not self._stop.is_set():
             deliveries = await self._consumer.read()
             await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
-            await self.history.add_counts(count_by_minute(d.event for d in deliveries))
+            await self.history.add_counts(count_by_minute(events_of(deliveries)))
             await self._consumer.ack(deliveries)
 
     async def close(self) -> None:

@@ -78,6 +78,7 @@ class Dispatcher:
         """Due tasks onto the stream of their queue and priority, later ones into the
         queue's delayed set; one round trip."""
         now = time.time()
+        delayed = False
         async with self._redis.pipeline(transaction=False) as pipe:
             for task in tasks:
                 due_at = task.run_at.timestamp()
@@ -86,8 +87,9 @@ class Dispatcher:
                 else:
                     member = f"{task.id.hex}:{int(task.priority)}"
                     pipe.zadd(self._delayed(task.queue), {member: due_at})
+                    delayed = True
             await pipe.execute()
-        if self.on_scheduled is not None:
+        if delayed and self.on_scheduled is not None:
             self.on_scheduled()
 
     async def promote_due(self, queues: Sequence[str], limit: int = 1000) -> int:
@@ -160,10 +162,13 @@ class Dispatcher:
     async def ack(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
+        by_stream: dict[str, list[bytes]] = {}
+        for msg in messages:
+            by_stream.setdefault(msg.stream, []).append(msg.message_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for msg in messages:
-                pipe.xack(msg.stream, GROUP, msg.message_id)
-                pipe.xdel(msg.stream, msg.message_id)
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
             await pipe.execute()
 
 

@@ -115,8 +115,9 @@ def test_a_task_survives_the_kill_of_its_agent(two_agents, redis_url: str) -> No
     assert json.loads(done.result) == {"slept_s": 2.0}
     client = redis.Redis.from_url(redis_url)
     events = [
-        events_pb2.Event.FromString(fields[b"e"])
+        event
         for _, fields in client.xrange(Keys(two_agents["prefix"]).event_stream())
+        for event in events_pb2.EventBatch.FromString(fields[b"e"]).events
     ]
     client.close()
     mine = [e.type for e in events if e.subject == f"task/{submitted.id}"]

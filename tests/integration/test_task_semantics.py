@@ -64,7 +64,11 @@ async def _events_about(redis_url: str, prefix: str, task_id: str) -> list[str]:
         entries = await client.xrange(Keys(prefix).event_stream())
     finally:
         await client.aclose()
-    events = [events_pb2.Event.FromString(fields[b"e"]) for _, fields in entries]
+    events = [
+        event
+        for _, fields in entries
+        for event in events_pb2.EventBatch.FromString(fields[b"e"]).events
+    ]
     return [e.type for e in events if e.subject == f"task/{task_id}"]
 
 
