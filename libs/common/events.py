@@ -21,15 +21,27 @@ _FIELD = b"e"
 
 
 def make_event(type_: str, subject: str, data: Any, source: str) -> events_pb2.Event:
-    event = events_pb2.Event(
-        id=uuid.uuid4().hex,
-        type=type_,
-        subject=subject,
-        data=json.dumps(data, separators=(",", ":")).encode(),
-        source=source,
-    )
-    event.time.GetCurrentTime()
+    [event] = make_events([(type_, subject, data)], source)
     return event
+
+
+def make_events(items: Sequence[tuple[str, str, Any]], source: str) -> list[events_pb2.Event]:
+    """Events of one change set: one clock reading, and ids that share a random prefix
+    (unique all the same), which keeps a busy agent's per-event cost low."""
+    now = Timestamp()
+    now.GetCurrentTime()
+    prefix = uuid.uuid4().hex
+    return [
+        events_pb2.Event(
+            id=f"{prefix}-{index}",
+            type=type_,
+            subject=subject,
+            time=now,
+            data=json.dumps(data, separators=(",", ":")).encode(),
+            source=source,
+        )
+        for index, (type_, subject, data) in enumerate(items)
+    ]
 
 
 def event_data(event: events_pb2.Event) -> Any:

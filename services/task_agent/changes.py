@@ -7,7 +7,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from libs.common.events import EventBus, make_event
+from libs.common.events import EventBus, make_events
 from services.task_agent.cache import TaskCache
 from services.task_agent.model import Task, TaskState
 
@@ -49,12 +49,10 @@ class TaskChanges:
         no cached copy can exist to update; the first read fills the cache."""
         if not changed:
             return
-        events = [
-            make_event(
-                EVENT_BY_STATE[t.state], f"task/{t.id}", task_event_data(t), self.events.source
-            )
-            for t in changed
-        ]
+        events = make_events(
+            [(EVENT_BY_STATE[t.state], f"task/{t.id}", task_event_data(t)) for t in changed],
+            self.events.source,
+        )
         async with self._redis.pipeline(transaction=False) as pipe:
             if not new:
                 await self.cache.queue_put(pipe, changed)
