@@ -19,8 +19,11 @@ from dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from libs.common.migrations import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
+# Schema -> the migrations of the service that owns it.
 SERVICE_MIGRATIONS = {
     "tasks": ROOT / "services/task_agent/migrations",
+    "orchestrator": ROOT / "services/orchestrator/migrations",
+    "analysis": ROOT / "services/analysis/migrations",
 }
 
 
@@ -52,20 +55,34 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
-    """A database of this session's own, migrated, dropped at the end."""
-    server = make_url(server_urls[0])
+def create_database(server_url: str) -> str:
+    """A new, migrated database on the server `server_url` names."""
+    server = make_url(server_url)
     name = f"agentry_test_{uuid.uuid4().hex[:10]}"
-    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = server.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
     for migrations in SERVICE_MIGRATIONS.values():
         upgrade(url, migrations)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
+    return url
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = make_url(url).database
+    with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _admin_url(server_url: str) -> str:
+    return make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """A database of this session's own, migrated, dropped at the end."""
+    url = create_database(server_urls[0])
+    yield url
+    drop_database(server_urls[0], url)
 
 
 @pytest.fixture(scope="session")

@@ -48,31 +48,13 @@ class TaskAgentApp(GrpcApp):
         self.types = TypeStore(self._engine)
         self.dispatcher = Dispatcher(self._redis, keys, settings.low_priority_first_every)
         self.catalog = TypeCatalog(self.types, self.handlers.types)
-        self.events = EventBus(self._redis, keys, source=f"{self.role}/{settings.instance}")
+        agent_id = f"{self.role}/{settings.instance}"
+        self.events = EventBus(self._redis, keys, source=agent_id)
         self.changes = TaskChanges(
             self._redis, self.events, TaskCache(self._redis, keys, settings.task_cache_ttl_s)
         )
-        self.tasks = Tasks(
-            self.store,
-            DeadLetterStore(self._engine),
-            self.dispatcher,
-            self.changes,
-            self.catalog,
-            settings.max_payload_bytes,
-        )
-        super().__init__(
-            settings,
-            [
-                (
-                    tasks_pb2_grpc.add_TaskServiceServicer_to_server,
-                    TaskServicer(self.tasks),
-                    tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
-                )
-            ],
-            MIGRATIONS,
-        )
         self.worker = Worker(
-            self.agent_id,
+            agent_id,
             self.store,
             self.dispatcher,
             self.changes,
@@ -87,6 +69,26 @@ class TaskAgentApp(GrpcApp):
             ConcurrencySlots(self._redis, keys),
             settings.concurrency,
             settings.lease_s,
+        )
+        self.tasks = Tasks(
+            self.store,
+            DeadLetterStore(self._engine),
+            self.dispatcher,
+            self.changes,
+            self.catalog,
+            settings.max_payload_bytes,
+            eager=self.worker if settings.eager_execution else None,
+        )
+        super().__init__(
+            settings,
+            [
+                (
+                    tasks_pb2_grpc.add_TaskServiceServicer_to_server,
+                    TaskServicer(self.tasks),
+                    tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+                )
+            ],
+            MIGRATIONS,
         )
         self.reconciler = Reconciler(
             self.store,

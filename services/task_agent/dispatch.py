@@ -51,6 +51,10 @@ class Message:
     message_id: bytes
     task_id: uuid.UUID | None
 
+    @property
+    def priority(self) -> int:
+        return int(self.stream.rsplit(":p", 1)[1])
+
 
 class Dispatcher:
     def __init__(self, client: redis.Redis, keys: Keys, low_first_every: int = 10) -> None:
@@ -158,6 +162,18 @@ class Dispatcher:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+    async def requeue(self, messages: Sequence[Message]) -> None:
+        """Puts read messages back at the end of their streams (a read that returned more
+        than there turned out to be room for)."""
+        if not messages:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for msg in messages:
+                if msg.task_id is not None:
+                    pipe.xadd(msg.stream, {_FIELD: msg.task_id.hex})
+            await pipe.execute()
+        await self.ack(messages)
 
     async def ack(self, messages: Sequence[Message]) -> None:
         if not messages:

@@ -81,6 +81,14 @@ class NewTask:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """An agent that takes new tasks as it stores them (eager execution)."""
+
+    agent: str
+    lease_s: float
+
+
+@dataclass(frozen=True)
 class Task:
     id: uuid.UUID
     type: str

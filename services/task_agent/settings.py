@@ -10,6 +10,9 @@ class TaskAgentSettings(GrpcServerSettings):
     ]
     # Handlers running at once in this process.
     concurrency: int = 100
+    # A task submitted to an agent with idle slots that serves its type starts there at
+    # once, claimed as it is stored, without a trip through Redis.
+    eager_execution: bool = True
     # A running task's lease; renewed every third of it while its handler runs.
     lease_s: float = 30.0
     max_payload_bytes: int = 1024 * 1024

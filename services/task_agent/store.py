@@ -3,14 +3,14 @@ the state it expects and, for a running task, by the fencing token (its attempt)
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.task_agent.model import NewTask, Task, TaskState
+from services.task_agent.model import Holder, NewTask, Task, TaskState
 from services.task_agent.tables import (
     dead_letters,
     insert_values,
@@ -31,7 +31,8 @@ _INSERT_COLUMNS = {
     "deadline_at": "timestamptz", "fallback_type": "text", "parent_id": "uuid",
     "concurrency_key": "text", "idempotency_key": "text", "labels": "jsonb", "run_at": "timestamptz",
     "dispatched_at": "timestamptz", "progress": "float8", "cancel_requested": "bool",
-    "created_at": "timestamptz", "updated_at": "timestamptz",
+    "created_at": "timestamptz", "updated_at": "timestamptz", "agent": "text",
+    "lease_expires_at": "timestamptz", "started_at": "timestamptz",
 }  # fmt: skip
 _INSERT = sa.text(
     f"INSERT INTO tasks.tasks ({', '.join(_INSERT_COLUMNS)}) "
@@ -63,10 +64,18 @@ class TaskStore:
     def _single(self) -> AsyncConnection:
         return self._autocommit.connect()
 
-    async def insert(self, batch: Sequence[NewTask], now: datetime) -> list[tuple[Task, bool]]:
-        """Stores a batch in one statement of one transaction. A task whose idempotency key is
-        taken is not stored; the existing task stands in its place (created=False)."""
-        rows = [insert_values(new, now) for new in batch]
+    async def insert(
+        self,
+        batch: Sequence[NewTask],
+        now: datetime,
+        held: Collection[uuid.UUID] = (),
+        holder: Holder | None = None,
+    ) -> list[tuple[Task, bool]]:
+        """Stores a batch in one statement; the tasks in `held` are stored already claimed by
+        `holder`. A task whose idempotency key is taken is not stored; the existing task
+        stands in its place (created=False)."""
+        holders = {n.id: holder if n.id in held else None for n in batch}
+        rows = [insert_values(new, now, holders[new.id]) for new in batch]
         columns = {name: [row[name] for row in rows] for name in _INSERT_COLUMNS}
         columns["labels"] = [json.dumps(labels) for labels in columns["labels"]]
         async with self._single() as conn:
@@ -82,7 +91,9 @@ class TaskStore:
                 )
                 existing = {row.idempotency_key: row_to_task(row) for row in found}
         return [
-            (stored_task(n, now), True) if n.id in created else (existing[n.idempotency_key], False)
+            (stored_task(n, now, holders[n.id]), True)
+            if n.id in created
+            else (existing[n.idempotency_key], False)
             for n in batch
         ]
 

@@ -1,12 +1,12 @@
 """The tasks schema as SQLAlchemy tables, and the mapping between its rows and the domain."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from services.task_agent.model import NewTask, Priority, RetryPolicy, Task, TaskState
+from services.task_agent.model import Holder, NewTask, Priority, RetryPolicy, Task, TaskState
 
 metadata = sa.MetaData(schema="tasks")
 
@@ -121,15 +121,19 @@ def row_to_task(row: Any) -> Task:
     )
 
 
-def insert_values(new: NewTask, now: datetime) -> dict[str, Any]:
+def insert_values(new: NewTask, now: datetime, holder: Holder | None = None) -> dict[str, Any]:
+    """The row of a new task; with a holder, already claimed by it (attempt 1)."""
     return {
         "id": new.id,
         "type": new.type,
         "queue": new.queue,
         "priority": int(new.priority),
-        "state": TaskState.QUEUED.value,
+        "state": (TaskState.RUNNING if holder else TaskState.QUEUED).value,
         "payload": new.payload,
-        "attempts": 0,
+        "attempts": 1 if holder else 0,
+        "agent": holder.agent if holder else None,
+        "lease_expires_at": now + timedelta(seconds=holder.lease_s) if holder else None,
+        "started_at": now if holder else None,
         "max_attempts": new.retry.max_attempts,
         "initial_backoff_s": new.retry.initial_backoff_s,
         "max_backoff_s": new.retry.max_backoff_s,
@@ -152,16 +156,18 @@ def insert_values(new: NewTask, now: datetime) -> dict[str, Any]:
     }
 
 
-def stored_task(new: NewTask, now: datetime) -> Task:
+def stored_task(new: NewTask, now: datetime, holder: Holder | None = None) -> Task:
     """The task as `insert_values` stores it, without reading it back."""
     return Task(
         id=new.id,
         type=new.type,
-        state=TaskState.QUEUED,
+        state=TaskState.RUNNING if holder else TaskState.QUEUED,
         payload=new.payload,
         queue=new.queue,
         priority=new.priority,
-        attempts=0,
+        attempts=1 if holder else 0,
+        agent=holder.agent if holder else None,
+        started_at=now if holder else None,
         retry=new.retry,
         timeout_s=new.timeout_s,
         run_at=new.run_at,

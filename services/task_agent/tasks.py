@@ -7,12 +7,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.task_agent.changes import TaskChanges
 from services.task_agent.dead_letter_store import DeadLetterStore
 from services.task_agent.dispatch import Dispatcher
-from services.task_agent.model import DeadLetter, NewTask, Task, TaskState, TaskType
+from services.task_agent.model import DeadLetter, Holder, NewTask, Task, TaskState, TaskType
 from services.task_agent.store import TaskStore
 from services.task_agent.submission import Submission, check_payload, validate
 from services.task_agent.type_store import TypeStore
@@ -50,6 +51,19 @@ class TypeCatalog:
         return sorted((await self.known()).values(), key=lambda t: t.name)
 
 
+class EagerRunner(Protocol):
+    """An agent that can run tasks the moment they are submitted to it."""
+
+    @property
+    def holder(self) -> Holder: ...
+
+    def eager_capacity(self) -> int: ...
+
+    def can_take_eagerly(self, new: NewTask) -> bool: ...
+
+    def adopt(self, claimed: Sequence[Task]) -> None: ...
+
+
 class Tasks:
     def __init__(
         self,
@@ -59,6 +73,7 @@ class Tasks:
         changes: TaskChanges,
         catalog: TypeCatalog,
         max_payload_bytes: int,
+        eager: EagerRunner | None = None,
     ) -> None:
         self._store = store
         self._dead_letters = dead_letters
@@ -66,6 +81,7 @@ class Tasks:
         self._changes = changes
         self._catalog = catalog
         self._max_payload_bytes = max_payload_bytes
+        self._eager = eager
 
     async def submit(self, batch: Sequence[Submission]) -> list[tuple[Task, bool]]:
         """Validates the whole batch first: one bad submission stores nothing."""
@@ -88,11 +104,30 @@ class Tasks:
     async def _store_and_dispatch(
         self, new: Sequence[NewTask], now: datetime
     ) -> list[tuple[Task, bool]]:
-        stored = await self._store.insert(new, now)
+        held = self._take_eagerly(new, now)
+        holder = self._eager.holder if self._eager else None
+        stored = await self._store.insert(new, now, held, holder)
         created = [task for task, was_created in stored if was_created]
-        await self._dispatcher.send(created)
+        await self._dispatcher.send([t for t in created if t.id not in held])
+        if self._eager is not None and held:
+            self._eager.adopt([t for t in created if t.id in held])
         await self._changes.announce(created, new=True)
         return stored
+
+    def _take_eagerly(self, new: Sequence[NewTask], now: datetime) -> set[uuid.UUID]:
+        """The tasks this agent claims as it stores them, up to its idle slots: they start
+        without a trip through Redis and a claim (eager execution, as Temporal's eager
+        activities); the rest are dispatched."""
+        if self._eager is None:
+            return set()
+        room = self._eager.eager_capacity()
+        held: set[uuid.UUID] = set()
+        for task in new:
+            if len(held) >= room:
+                break
+            if task.run_at <= now and self._eager.can_take_eagerly(task):
+                held.add(task.id)
+        return held
 
     async def get(self, task_id: str) -> Task:
         """Through the cache: a miss reads Postgres and fills it (refused if a change wrote a

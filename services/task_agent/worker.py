@@ -7,6 +7,7 @@ import asyncio
 import json
 import multiprocessing
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from services.task_agent.handlers import (
     bound_logger,
 )
 from services.task_agent.limits import ConcurrencySlots
-from services.task_agent.model import DeadLetterReason, NewTask, Task, TaskType
+from services.task_agent.model import DeadLetterReason, Holder, NewTask, Task, TaskType
 from services.task_agent.retry import after_failure
 from services.task_agent.store import TaskStore
 from services.task_agent.tasks import TypeCatalog
@@ -78,6 +79,7 @@ class Worker:
         self._results: list[_Running] = []
         self._results_ready = asyncio.Event()
         self._drained = asyncio.Event()
+        self._backlog = False
         self._processes: ProcessPoolExecutor | None = None
         self.last_read_at = 0.0
 
@@ -111,18 +113,53 @@ class Worker:
                 continue
             messages = await self._dispatcher.read(queues, self._agent, free, self._read_block_ms)
             self.last_read_at = loop.time()
+            # A read that filled every free slot may have left work waiting.
+            self._backlog = len(messages) >= free
             if not messages:
                 continue
+            # Tasks started eagerly while this read waited may have taken its slots: what
+            # there is no room for now goes back to its stream, highest priorities kept.
+            room = self._concurrency - len(self._running)
+            if len(messages) > room:
+                messages = sorted(messages, key=lambda m: m.priority, reverse=True)
+                await self._dispatcher.requeue(messages[room:])
+                messages = messages[:room]
+                if not messages:
+                    continue
             ids = [m.task_id for m in messages if m.task_id is not None]
             claimed = await self._store.claim(ids, self._agent, self._lease_s) if ids else []
             # Postgres now holds the claim (or said the hint was stale): the message is done.
             await self._dispatcher.ack(messages)
-            for task in claimed:
-                entry = _Running(task)
-                self._running[task.id] = entry
-                entry.job = asyncio.create_task(self._execute(entry))
+            self.adopt(claimed)
             # Tasks under a shared limit announce their start once they pass it.
             await self._changes.announce([t for t in claimed if not self._limited(t)])
+
+    @property
+    def holder(self) -> Holder:
+        return Holder(self._agent, self._lease_s)
+
+    def eager_capacity(self) -> int:
+        """Slots this agent can fill with tasks as they are submitted (eager execution)
+        without passing over work that waits on the streams: none while a backlog may be
+        there, or once it is stopping."""
+        if self._backlog or self._drained.is_set():
+            return 0
+        return self._concurrency - len(self._running)
+
+    def can_take_eagerly(self, new: NewTask) -> bool:
+        handler = self._handlers.get(new.type)
+        if handler is None or new.queue not in self._handlers.queues:
+            return False
+        spec = handler.task_type
+        limited = spec.rate_limit_per_s > 0 or bool(new.concurrency_key and spec.concurrency_limit)
+        return not limited
+
+    def adopt(self, claimed: Sequence[Task]) -> None:
+        """Runs tasks this agent holds the claim of."""
+        for task in claimed:
+            entry = _Running(task)
+            self._running[task.id] = entry
+            entry.job = asyncio.create_task(self._execute(entry))
 
     def _limited(self, task: Task) -> bool:
         handler = self._handlers.get(task.type)

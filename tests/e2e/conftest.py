@@ -12,6 +12,7 @@ import pytest
 from dev.embedded import free_port
 from dev.stack import Ports, Stack
 from libs.common.tokens import generate_keypair, mint
+from tests.conftest import create_database, drop_database
 
 AUDIENCE = "agentry-gateway"
 
@@ -30,7 +31,16 @@ class Platform:
         return httpx.Client(base_url=self.stack.gateway_url, headers=headers, timeout=10.0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
+def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """The end-to-end tests' own database: the services they start run reconcilers that
+    would otherwise pick up the integration tests' tasks."""
+    url = create_database(server_urls[0])
+    yield url
+    drop_database(server_urls[0], url)
+
+
+@pytest.fixture(scope="package")
 def platform(
     database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
