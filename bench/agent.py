@@ -27,6 +27,7 @@ class AgentProcess:
                 "AGENTRY_LOG_LEVEL": "WARNING",
                 # The bench migrated its database already; the process is as in production.
                 "AGENTRY_MIGRATE_ON_START": "false",
+                "AGENTRY_HANDLER_MODULES": '["services.task_agent.builtins", "bench.handlers"]',
             },
             log_dir=log_dir,
         )

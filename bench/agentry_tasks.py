@@ -2,6 +2,7 @@
 gRPC, completion read from Postgres (the source of truth)."""
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -151,8 +152,8 @@ class AgentryBench:
 
     async def latency(self, rate: float, seconds: float, deadline_s: float) -> dict[str, Any]:
         """Single SubmitTask calls paced at `rate` per second (each sent on its schedule,
-        not after the previous answer); submit→start is started_at - created_at, both set
-        by the server side."""
+        not after the previous answer); submit→start is from the client's send to the
+        handler's first line (`bench.stamp`), on the machine's one clock."""
         n = round(rate * seconds)
         rpc_ms: list[float] = []
         errors: list[str] = []
@@ -163,7 +164,10 @@ class AgentryBench:
             stub = tasks_pb2_grpc.TaskServiceStub(channel)
 
             async def submit_one(i: int) -> None:
-                request = tasks_pb2.SubmitTaskRequest(task=_specs(i, 1)[0])
+                payload = json.dumps({"sent": time.time()}).encode()
+                request = tasks_pb2.SubmitTaskRequest(
+                    task=tasks_pb2.TaskSpec(type="bench.stamp", payload=payload)
+                )
                 sent = time.perf_counter()
                 try:
                     await stub.SubmitTask(request, timeout=30)
@@ -188,9 +192,9 @@ class AgentryBench:
             await _wait_succeeded(conn, len(rpc_ms), deadline_s, self._check_alive)
             rows = await (
                 await conn.execute(
-                    "SELECT extract(epoch FROM started_at - created_at) * 1000,"
+                    "SELECT (convert_from(result, 'UTF8')::jsonb->>'submit_to_start_ms')::float8,"
                     " extract(epoch FROM finished_at - created_at) * 1000"
-                    " FROM tasks.tasks WHERE state = 'SUCCEEDED'"
+                    " FROM tasks.tasks WHERE state = 'SUCCEEDED' AND type = 'bench.stamp'"
                 )
             ).fetchall()
         return {
