@@ -2,7 +2,7 @@
 transaction, so the same code runs behind a transaction-mode pooler."""
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -24,7 +24,3 @@ def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
         # Prepared statements do not survive a transaction-mode pooler.
         connect_args={"prepare_threshold": None},
     )
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)

@@ -44,10 +44,6 @@ def make_events(items: Sequence[tuple[str, str, Any]], source: str) -> list[even
     ]
 
 
-def event_data(event: events_pb2.Event) -> Any:
-    return json.loads(event.data) if event.data else None
-
-
 def event_time(event: events_pb2.Event) -> float:
     ts: Timestamp = event.time
     return ts.seconds + ts.nanos / 1e9
