@@ -5,6 +5,7 @@ import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -152,9 +153,8 @@ class TaskStore:
             rows = await conn.execute(query, {"ids": ids, "attempts": attempts, "results": results})
             return [row_to_task(row) for row in rows]
 
-    async def release(self, task_id: uuid.UUID, attempt: int, run_at: datetime) -> Task | None:
-        """Undoes a claim whose handler never started (a rate or concurrency limit said not
-        yet): the attempt is not spent, the task is due again at `run_at`."""
+    async def _fenced_update(self, task_id: uuid.UUID, attempt: int, **values: Any) -> Task | None:
+        """Changes a running task only if `attempt` is still its fencing token."""
         query = (
             sa.update(tasks)
             .where(
@@ -162,49 +162,46 @@ class TaskStore:
                 tasks.c.attempts == attempt,
                 tasks.c.state == TaskState.RUNNING.value,
             )
-            .values(
-                state=sa.case(
-                    (tasks.c.attempts == 1, TaskState.QUEUED.value),
-                    else_=TaskState.RETRYING.value,
-                ),
-                attempts=tasks.c.attempts - 1,
-                started_at=sa.case((tasks.c.attempts == 1, None), else_=tasks.c.started_at),
-                run_at=run_at,
-                dispatched_at=run_at,
-                lease_expires_at=None,
-                agent=None,
-                updated_at=NOW,
-            )
+            .values(**values)
             .returning(*tasks.c)
         )
         async with self._single() as conn:
             row = (await conn.execute(query)).first()
         return row_to_task(row) if row else None
 
+    async def release(self, task_id: uuid.UUID, attempt: int, run_at: datetime) -> Task | None:
+        """Undoes a claim whose handler never started (a rate or concurrency limit said not
+        yet): the attempt is not spent, the task is due again at `run_at`."""
+        return await self._fenced_update(
+            task_id,
+            attempt,
+            state=sa.case(
+                (tasks.c.attempts == 1, TaskState.QUEUED.value),
+                else_=TaskState.RETRYING.value,
+            ),
+            attempts=tasks.c.attempts - 1,
+            started_at=sa.case((tasks.c.attempts == 1, None), else_=tasks.c.started_at),
+            run_at=run_at,
+            dispatched_at=run_at,
+            lease_expires_at=None,
+            agent=None,
+            updated_at=NOW,
+        )
+
     async def retry(
         self, task_id: uuid.UUID, attempt: int, run_at: datetime, kind: str, message: str
     ) -> Task | None:
-        query = (
-            sa.update(tasks)
-            .where(
-                tasks.c.id == task_id,
-                tasks.c.attempts == attempt,
-                tasks.c.state == TaskState.RUNNING.value,
-            )
-            .values(
-                state=TaskState.RETRYING.value,
-                run_at=run_at,
-                dispatched_at=run_at,
-                lease_expires_at=None,
-                error_kind=kind,
-                error_message=message,
-                updated_at=NOW,
-            )
-            .returning(*tasks.c)
+        return await self._fenced_update(
+            task_id,
+            attempt,
+            state=TaskState.RETRYING.value,
+            run_at=run_at,
+            dispatched_at=run_at,
+            lease_expires_at=None,
+            error_kind=kind,
+            error_message=message,
+            updated_at=NOW,
         )
-        async with self._single() as conn:
-            row = (await conn.execute(query)).first()
-        return row_to_task(row) if row else None
 
     async def fail(
         self,
@@ -283,25 +280,15 @@ class TaskStore:
         return row_to_task(row) if row else None
 
     async def finish_cancelled(self, task_id: uuid.UUID, attempt: int) -> Task | None:
-        query = (
-            sa.update(tasks)
-            .where(
-                tasks.c.id == task_id,
-                tasks.c.attempts == attempt,
-                tasks.c.state == TaskState.RUNNING.value,
-            )
-            .values(
-                state=TaskState.CANCELLED.value,
-                error_reason="cancelled",
-                finished_at=NOW,
-                updated_at=NOW,
-                lease_expires_at=None,
-            )
-            .returning(*tasks.c)
+        return await self._fenced_update(
+            task_id,
+            attempt,
+            state=TaskState.CANCELLED.value,
+            error_reason="cancelled",
+            finished_at=NOW,
+            updated_at=NOW,
+            lease_expires_at=None,
         )
-        async with self._single() as conn:
-            row = (await conn.execute(query)).first()
-        return row_to_task(row) if row else None
 
     async def heartbeat(
         self, held: Sequence[tuple[uuid.UUID, int]], lease_s: float
