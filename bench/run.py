@@ -141,7 +141,7 @@ def _profiled(
     finally:
         sampler.stop()
     found = profile.summarize(sampler.output, wall_s)
-    found["raw"] = str(sampler.output)
+    found["raw"] = str(sampler.output.relative_to(ROOT))
     return found
 
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "agentry": agentry,
         "celery": celery,
         "profile": found_profile,
-        "logs": str(log_dir),
+        "logs": str(log_dir.relative_to(ROOT)),
     }
     table = rows(results)
     out = [
