@@ -57,6 +57,7 @@ class Stack:
             "AGENTRY_TASK_SERVICE_ADDRESS": f"127.0.0.1:{ports.task_agent}",
             "AGENTRY_WORKFLOW_SERVICE_ADDRESS": f"127.0.0.1:{ports.orchestrator}",
             "AGENTRY_ANALYSIS_SERVICE_ADDRESS": f"127.0.0.1:{ports.analysis}",
+            "AGENTRY_REGISTRY_ADDRESS": f"127.0.0.1:{ports.orchestrator}",
             **env,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}

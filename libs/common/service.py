@@ -8,9 +8,11 @@ from typing import Any, Protocol
 
 import structlog
 
+from agentry.agents.v1 import agents_pb2
 from libs.common.grpc_server import GrpcServer, ServiceBinding, stop_on_signals
 from libs.common.lifecycle import SERVING_STATES, AgentState, Lifecycle
 from libs.common.migrations import upgrade
+from libs.common.registration import RegistryReporter
 from libs.common.settings import GrpcServerSettings
 
 log = structlog.get_logger(__name__)
@@ -59,6 +61,7 @@ class GrpcApp:
         self._migrations = migrations
         self._stop = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._reporter: RegistryReporter | None = None
         self.lifecycle.on_change(self._report_health)
 
     async def _report_health(self, state: AgentState) -> None:
@@ -67,6 +70,14 @@ class GrpcApp:
     def loops(self) -> dict[str, Loop]:
         """Background loops by name; each runs until `self._stop` is set."""
         return {}
+
+    def task_types(self) -> list[str]:
+        """What this agent advertises to the registry as the task types it serves."""
+        return []
+
+    def load(self) -> float:
+        """Work in hand over capacity, 0..1, reported to the registry."""
+        return 0.0
 
     async def prepare(self) -> None:
         """Runs after the migrations, before the server serves."""
@@ -84,9 +95,25 @@ class GrpcApp:
         await self.server.start()
         await self.lifecycle.move(AgentState.INITIALIZED)
         await self.lifecycle.move(AgentState.IDLE)
+        loops = self.loops()
+        if self.settings.registry_address:
+            reporter = self._reporter = RegistryReporter(
+                self.settings.registry_address,
+                agents_pb2.Agent(
+                    id=self.agent_id,
+                    role=self.role,
+                    instance=self.settings.instance,
+                    version=self.settings.version,
+                    task_types=self.task_types(),
+                    address=f"{self.settings.grpc_host}:{self.server.port}",
+                ),
+                state=lambda: self.lifecycle.state,
+                load=self.load,
+            )
+            loops["registry"] = lambda: reporter.run(self._stop)
         self._loops = [
             asyncio.create_task(self._supervise(name, loop), name=name)
-            for name, loop in self.loops().items()
+            for name, loop in loops.items()
         ]
         log.info("started", role=self.role, port=self.server.port)
 
@@ -109,4 +136,6 @@ class GrpcApp:
         await self.server.stop()
         await self.close()
         await self.lifecycle.move(AgentState.TERMINATED)
+        if self._reporter is not None:
+            await self._reporter.close()
         log.info("stopped", role=self.role)

@@ -42,3 +42,5 @@ class GrpcServerSettings(ServiceSettings):
     # Seconds a SIGTERM leaves in-flight calls and held work to finish.
     shutdown_grace_s: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
+    # The orchestrator's AgentRegistryService; empty: this agent does not register.
+    registry_address: str = ""

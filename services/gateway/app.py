@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from services.gateway import problems
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.clients import Services
-from services.gateway.routes import tasks
+from services.gateway.routes import agents, tasks
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = Services(settings.task_service_address, settings.rpc_timeout_s)
+        app.state.services = Services(
+            settings.task_service_address,
+            settings.workflow_service_address,
+            settings.rpc_timeout_s,
+        )
         yield
         await app.state.services.close()
 
@@ -55,6 +59,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(tasks.router)
+    app.include_router(agents.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agentry.agents.v1 import agents_pb2_grpc
 from agentry.tasks.v1 import tasks_pb2_grpc
 from libs.common.grpc_errors import from_rpc_error
 
@@ -16,11 +17,13 @@ R = TypeVar("R")
 class Services:
     """Channels and stubs, made inside the running event loop (at app start-up)."""
 
-    def __init__(self, task_address: str, timeout_s: float) -> None:
+    def __init__(self, task_address: str, orchestrator_address: str, timeout_s: float) -> None:
         self._timeout_s = timeout_s
         self._task_channel = grpc.aio.insecure_channel(task_address)
         self.tasks = tasks_pb2_grpc.TaskServiceStub(self._task_channel)
         self._task_health = health_pb2_grpc.HealthStub(self._task_channel)
+        self._orchestrator_channel = grpc.aio.insecure_channel(orchestrator_address)
+        self.agents = agents_pb2_grpc.AgentRegistryServiceStub(self._orchestrator_channel)
 
     async def call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
         try:
@@ -38,3 +41,4 @@ class Services:
 
     async def close(self) -> None:
         await self._task_channel.close()
+        await self._orchestrator_channel.close()

@@ -7,6 +7,7 @@ class GatewaySettings(ServiceSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     task_service_address: str = "127.0.0.1:50051"
+    # The orchestrator: WorkflowService and the agent registry.
     workflow_service_address: str = "127.0.0.1:50052"
     analysis_service_address: str = "127.0.0.1:50053"
     # Request bodies past this size are refused with 413 before they are read.

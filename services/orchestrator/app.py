@@ -1,12 +1,14 @@
-"""The orchestrator process: WorkflowService and AgentRegistryService. Their RPCs answer
-UNIMPLEMENTED until the workflow issue builds them; the process, its schema and its health
-are in place."""
+"""The orchestrator process: the agent registry, and WorkflowService (whose RPCs answer
+UNIMPLEMENTED until the workflow issue builds them)."""
 
 from pathlib import Path
 
 from agentry.agents.v1 import agents_pb2, agents_pb2_grpc
 from agentry.workflows.v1 import workflows_pb2, workflows_pb2_grpc
+from libs.common.db import create_engine
 from libs.common.service import GrpcApp
+from services.orchestrator.agent_store import AgentStore
+from services.orchestrator.servicer import AgentRegistryServicer
 from services.orchestrator.settings import OrchestratorSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -16,6 +18,7 @@ class OrchestratorApp(GrpcApp):
     role = "orchestrator"
 
     def __init__(self, settings: OrchestratorSettings) -> None:
+        self._engine = create_engine(settings.database_url, pool_size=4)
         super().__init__(
             settings,
             [
@@ -27,9 +30,12 @@ class OrchestratorApp(GrpcApp):
                 ),
                 (
                     agents_pb2_grpc.add_AgentRegistryServiceServicer_to_server,
-                    agents_pb2_grpc.AgentRegistryServiceServicer(),  # type: ignore[abstract]
+                    AgentRegistryServicer(AgentStore(self._engine)),
                     agents_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name,
                 ),
             ],
             MIGRATIONS,
         )
+
+    async def close(self) -> None:
+        await self._engine.dispose()

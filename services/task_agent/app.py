@@ -109,6 +109,12 @@ class TaskAgentApp(GrpcApp):
             "watch": self._watch,
         }
 
+    def task_types(self) -> list[str]:
+        return [t.name for t in self.handlers.types]
+
+    def load(self) -> float:
+        return self.worker.load
+
     async def prepare(self) -> None:
         await self.types.advertise(self.handlers.types, self.agent_id)
         # Leases are renewed through the drain, so it is not one of the loops.

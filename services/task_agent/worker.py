@@ -93,6 +93,10 @@ class Worker:
     def in_hand(self) -> int:
         return len(self._running)
 
+    @property
+    def load(self) -> float:
+        return min(1.0, len(self._running) / self._concurrency)
+
     def stalled(self, now: float, after_s: float) -> bool:
         """True when slots are free but nothing has been read for `after_s` seconds."""
         return len(self._running) < self._concurrency and now - self.last_read_at > after_s

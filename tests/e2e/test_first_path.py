@@ -164,3 +164,21 @@ def test_task_types_and_queues_are_listed(platform) -> None:
     assert types["echo"]["agents"], "a running agent serves echo"
     assert queues.status_code == 200
     assert all(q["depth"] >= 0 for q in queues.json()["items"])
+
+
+def test_every_service_is_in_the_agent_registry(platform) -> None:
+    with platform.client("viewer") as viewer:
+        deadline = time.monotonic() + 15
+        while True:
+            agents = viewer.get("/v1/agents").json()["items"]
+            roles = {a["role"]: a["state"] for a in agents}
+            if (
+                set(roles) >= {"task_agent", "orchestrator", "analysis"}
+                or time.monotonic() > deadline
+            ):
+                break
+            time.sleep(0.1)
+    assert set(roles) >= {"task_agent", "orchestrator", "analysis"}
+    assert all(state in {"IDLE", "ACTIVE"} for state in roles.values())
+    [task_agent] = [a for a in agents if a["role"] == "task_agent"]
+    assert "echo" in task_agent["task_types"]
