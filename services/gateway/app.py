@@ -1,5 +1,6 @@
 """The gateway's FastAPI application: REST in front of the gRPC services."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -8,6 +9,9 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from agentry.agents.v1 import agents_pb2
+from libs.common.lifecycle import AgentState, Lifecycle
+from libs.common.registration import RegistryReporter
 from services.gateway import problems
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.clients import Services
@@ -46,7 +50,29 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             settings.workflow_service_address,
             settings.rpc_timeout_s,
         )
+        # The gateway is an agent too: it registers with the orchestrator's registry.
+        lifecycle = Lifecycle()
+        reporter = RegistryReporter(
+            settings.workflow_service_address,
+            agents_pb2.Agent(
+                id=f"gateway/{settings.instance}",
+                role="gateway",
+                instance=settings.instance,
+                version=settings.version,
+                address=f"{settings.http_host}:{settings.http_port}",
+            ),
+            state=lambda: lifecycle.state,
+            load=lambda: 0.0,
+        )
+        await lifecycle.move(AgentState.INITIALIZED)
+        await lifecycle.move(AgentState.ACTIVE)
+        stop = asyncio.Event()
+        reporting = asyncio.create_task(reporter.run(stop))
         yield
+        stop.set()
+        await reporting
+        await lifecycle.move(AgentState.TERMINATED)
+        await reporter.close()
         await app.state.services.close()
 
     app = FastAPI(
