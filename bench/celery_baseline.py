@@ -14,6 +14,7 @@ from typing import Any
 from bench.cpu import CpuMeter
 from bench.servers import Servers, delete_keys, redis_db_url, server_pids
 from dev.embedded import death_signal_hook
+from dev.processes import children
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +155,4 @@ def _comm(pid: int) -> str | None:
 
 
 def _children(parent: int) -> dict[int, str]:
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and (comm := _comm(int(entry.name))):
-            found[int(entry.name)] = comm
-    return found
+    return {pid: comm for pid in children(parent) if (comm := _comm(pid))}

@@ -15,7 +15,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from agentry.events.v1 import events_pb2
-from libs.common.redis_client import Keys
+from libs.common.redis_client import Keys, create_group
 
 _FIELD = b"e"
 
@@ -149,11 +149,7 @@ class EventConsumer:
         self._claim_cursor = b"0-0"
 
     async def ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_group(self._redis, self._stream, self._group)
 
     async def read(self) -> list[Delivery]:
         """The next batch: first what others left pending too long, then new messages."""

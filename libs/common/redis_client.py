@@ -5,6 +5,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -45,3 +46,12 @@ class Keys:
 
     def task_cache(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"
+
+
+async def create_group(client: redis.Redis, stream: str, group: str) -> None:
+    """The consumer group `group` on `stream` (and the stream), unless it exists."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise

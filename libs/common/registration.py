@@ -11,6 +11,7 @@ import structlog
 
 from agentry.agents.v1 import agents_pb2, agents_pb2_grpc
 from libs.common.lifecycle import AgentState
+from libs.common.waiting import pause
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +56,7 @@ class RegistryReporter:
                         code=exc.code().name,
                     )
                 failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
+            await pause(stop, self._interval_s)
 
     async def report(self, timeout_s: float = 3.0) -> None:
         stub = self._stub()

@@ -1,7 +1,6 @@
 """Running a service process: start, wait for SIGTERM/SIGINT, drain, stop."""
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +13,7 @@ from libs.common.lifecycle import SERVING_STATES, AgentState, Lifecycle
 from libs.common.migrations import upgrade
 from libs.common.registration import RegistryReporter
 from libs.common.settings import GrpcServerSettings
+from libs.common.waiting import pause
 
 log = structlog.get_logger(__name__)
 
@@ -124,8 +124,7 @@ class GrpcApp:
                 return
             except Exception:
                 log.exception("background loop crashed; restarting it", loop=name)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+                await pause(self._stop, 1.0)
 
     async def stop(self) -> None:
         """SIGTERM: NOT_SERVING, stop taking work, drain, stop serving, release."""

@@ -1,7 +1,6 @@
 """The task agent process: TaskService, the worker, the reconciler, its lifecycle."""
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ from libs.common.events import EventBus
 from libs.common.lifecycle import AgentState
 from libs.common.redis_client import Keys, create_redis
 from libs.common.service import GrpcApp, Loop
+from libs.common.waiting import pause
 from services.task_agent.cache import TaskCache
 from services.task_agent.changes import TaskChanges
 from services.task_agent.dead_letter_store import DeadLetterStore
@@ -133,8 +133,7 @@ class TaskAgentApp(GrpcApp):
             if loop.time() - advertised_at > ADVERTISE_EVERY_S:
                 await self.types.advertise(self.handlers.types, self.agent_id)
                 advertised_at = loop.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+            await pause(self._stop, 1.0)
 
     async def drain(self) -> None:
         await self.worker.drain(self.settings.shutdown_grace_s)

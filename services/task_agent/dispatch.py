@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
-from libs.common.redis_client import Keys
+from libs.common.redis_client import Keys, create_group
 from services.task_agent.model import Priority
 
 GROUP = "task-agents"
@@ -157,11 +157,7 @@ class Dispatcher:
 
     async def _create_groups(self, streams: list[str]) -> None:
         for stream in streams:
-            try:
-                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await create_group(self._redis, stream, GROUP)
 
     async def requeue(self, messages: Sequence[Message]) -> None:
         """Puts read messages back at the end of their streams (a read that returned more

@@ -3,11 +3,11 @@ whatever Postgres says is due but no stream carries (Redis lost its data, an age
 holding a lease, a dispatch was lost between commit and XADD) is dispatched again."""
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import structlog
 
+from libs.common.waiting import first_of, pause
 from services.task_agent.changes import TaskChanges
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.store import TaskStore
@@ -43,8 +43,7 @@ class Reconciler:
             await self._dispatcher.promote_due(self._queues)
             wait = await self._dispatcher.next_due_in(self._queues)
             wait = 1.0 if wait is None else min(wait, 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(stop, self._wake), timeout=wait)
+            await first_of(stop.wait(), self._wake.wait(), asyncio.sleep(wait))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -52,8 +51,7 @@ class Reconciler:
                 await self.reconcile_once()
             except Exception:
                 log.exception("reconcile failed; trying again next round")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
+            await pause(stop, self._interval_s)
 
     async def reconcile_once(self, batch: int = 1000) -> int:
         expired = await self._store.expire_leases(batch)
@@ -65,12 +63,3 @@ class Reconciler:
             log.info("re-dispatching from postgres", tasks=len(due))
             await self._dispatcher.send(due)
         return len(due)
-
-
-async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
-    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()

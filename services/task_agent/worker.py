@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from libs.common.waiting import first_of
 from services.task_agent.changes import TaskChanges
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.handlers import (
@@ -113,7 +114,7 @@ class Worker:
             free = self._concurrency - len(self._running)
             if free <= 0:
                 self._slot_free.clear()
-                await _first(self._slot_free.wait(), stop.wait())
+                await first_of(self._slot_free.wait(), stop.wait())
                 continue
             messages = await self._dispatcher.read(queues, self._agent, free, self._read_block_ms)
             self.last_read_at = loop.time()
@@ -211,14 +212,14 @@ class Worker:
         """Writes successful results in batches: whatever finished while the previous
         batch was being written goes in the next statement."""
         while not stop.is_set():
-            await _first(self._results_ready.wait(), stop.wait())
+            await first_of(self._results_ready.wait(), stop.wait())
             await self._flush_results()
 
     async def renew_leases(self) -> None:
         """Renews leases (and concurrency slots) of what this agent holds until the drain is
         over, and cancels the handlers of tasks whose cancellation was requested."""
         while not self._drained.is_set():
-            await _first(asyncio.sleep(self._lease_s / 3), self._drained.wait())
+            await first_of(asyncio.sleep(self._lease_s / 3), self._drained.wait())
             held = list(self._running.values())
             cancelled = await self._store.heartbeat(
                 [(e.task.id, e.task.attempts) for e in held], self._lease_s
@@ -467,13 +468,3 @@ class Worker:
             parent_id=task.id,
             labels=task.labels,
         )
-
-
-async def _first(*aws: Any) -> None:
-    """Waits for the first of `aws` and cancels the others."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()

@@ -16,47 +16,17 @@ import httpx
 import pytest
 
 from dev.embedded import free_port
+from dev.processes import alive, descendants
 from dev.stack import ROOT
 
 STARTUP_DEADLINE_S = 90
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _descendants(pid: int) -> set[int]:
-    tree, found, todo = _children(), set(), [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_gone(pids: set[int], deadline_s: float = 20) -> set[int]:
     deadline = time.monotonic() + deadline_s
-    while (alive := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
+    while (left := {p for p in pids if alive(p)}) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return alive
+    return left
 
 
 @pytest.fixture
@@ -115,7 +85,7 @@ def _echo_round_trip(gateway: str, token: str) -> None:
 def test_make_run_serves_and_stops_cleanly_on_sigterm(dev_run) -> None:
     proc, gateway, token = dev_run
     _echo_round_trip(gateway, token)
-    started = _descendants(proc.pid)
+    started = descendants(proc.pid)
     assert len(started) >= 6  # redis, postgres (and its workers), four services
 
     proc.send_signal(signal.SIGTERM)
@@ -126,7 +96,7 @@ def test_make_run_serves_and_stops_cleanly_on_sigterm(dev_run) -> None:
 
 def test_nothing_survives_a_sigkilled_make_run(dev_run) -> None:
     proc, _, _ = dev_run
-    started = _descendants(proc.pid)
+    started = descendants(proc.pid)
 
     proc.kill()
 
