@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONPATH := $(CURDIR):$(CURDIR)/libs/protos
 export BUF_CACHE_DIR := $(CURDIR)/.cache/buf
+# gRPC's fork handlers crash a child between fork and exec (grpc/grpc#43055); we only ever
+# fork to exec (servers, services, process pools), so they are off everywhere.
+export GRPC_ENABLE_FORK_SUPPORT := false
 
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIR := libs/protos

@@ -52,6 +52,8 @@ class Stack:
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "libs/protos")]),
             "PYTHONUNBUFFERED": "1",
+            # See the Makefile: gRPC's fork handlers crash fork+exec children.
+            "GRPC_ENABLE_FORK_SUPPORT": "false",
             "AGENTRY_DATABASE_URL": database_url,
             "AGENTRY_REDIS_URL": redis_url,
             "AGENTRY_TASK_SERVICE_ADDRESS": f"127.0.0.1:{ports.task_agent}",

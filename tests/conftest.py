@@ -3,6 +3,10 @@ DATABASE_URL when set, else embedded servers started for the session. Each sessi
 its own database; each test its own Redis key prefix and empty tables."""
 
 import os
+
+# Before anything imports grpc: see GRPC_ENABLE_FORK_SUPPORT in the Makefile.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import shutil
 import tempfile
 import uuid
