@@ -13,16 +13,24 @@ export GRPC_ENABLE_FORK_SUPPORT := false
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIR := libs/protos
 
-.PHONY: venv run test lint format protos check-protos bench clean
+.PHONY: venv certs run test lint format protos check-protos bench clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	printf '%s\n' "$(CURDIR)" "$(CURDIR)/libs/protos" > \
+		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/agentry-checkout.pth"
 	touch $@
 
-run: venv
+# The dev CA, a certificate per service, the token and data keys, in .dev/ (made again
+# when missing or about to expire; `make run` does this too).
+certs: venv
+	$(PY) -m dev.secrets .dev
+
+run: venv certs
 	$(PY) -m dev.run
 
 test: venv lint check-protos

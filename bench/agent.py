@@ -4,15 +4,26 @@
 import uuid
 from pathlib import Path
 
+import grpc
+
 from bench.cpu import process_cpu_s
+from dev import secrets
 from dev.embedded import free_port
-from dev.stack import Ports, Stack
+from dev.stack import ROOT, Ports, Stack
+from libs.common.channels import open_channel
+from libs.common.crypto import Keyring
+from libs.common.identity import AgentIdentity
+from libs.common.tokens import mint
 
 SERVICE = "task_agent"
 
 
 class AgentProcess:
-    def __init__(self, database_url: str, redis_url: str, log_dir: Path) -> None:
+    def __init__(self, database_url: str, redis_url: str, log_dir: Path, secure: bool) -> None:
+        """`secure` False turns off mTLS, agent tokens and encryption at rest, to measure
+        what they cost."""
+        self.secure = secure
+        self._secrets = secrets.ensure(ROOT / ".cache/bench/secrets")
         self.prefix = f"bench-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         self.log_path = log_dir / f"{SERVICE}.log"
@@ -20,6 +31,8 @@ class AgentProcess:
             database_url,
             redis_url,
             Ports(task_agent=self.port),
+            self._secrets,
+            tls=secure,
             env={
                 "AGENTRY_REDIS_PREFIX": self.prefix,
                 "AGENTRY_GRPC_PORT": str(self.port),
@@ -28,6 +41,7 @@ class AgentProcess:
                 # The bench migrated its database already; the process is as in production.
                 "AGENTRY_MIGRATE_ON_START": "false",
                 "AGENTRY_HANDLER_MODULES": '["services.task_agent.builtins", "bench.handlers"]',
+                **({} if secure else {"AGENTRY_ENCRYPTION_DISABLED": "true"}),
             },
             log_dir=log_dir,
         )
@@ -35,6 +49,19 @@ class AgentProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def channel(self) -> grpc.aio.Channel:
+        """As the gateway relaying an operator, the way the website's calls arrive."""
+        if not self.secure:
+            return grpc.aio.insecure_channel(self.address)
+        operator = mint(
+            self._secrets.jwt_private_key.read_bytes(), "bench", "operator", "agentry-gateway", 3600
+        )
+        gateway = AgentIdentity(self._secrets.tls_dir("gateway"), "gateway")
+        return open_channel(self.address, "task-agent", gateway, operator)
+
+    def keyring(self) -> Keyring:
+        return Keyring.from_file(self._secrets.data_keys) if self.secure else Keyring.disabled()
 
     @property
     def pid(self) -> int:

@@ -13,6 +13,8 @@ import psycopg
 
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from bench.stats import distribution
+from libs.common.crypto import Keyring
+from services.task_agent.tables import result_aad
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +86,19 @@ async def _wait_succeeded(
 
 
 class AgentryBench:
-    """Runs against one started agent: `address` is its gRPC port, `database_url` its
+    """Runs against one started agent: `channel` opens a channel to it, `database_url` its
     database, `check_alive` raises when its process has gone."""
 
-    def __init__(self, address: str, database_url: str, check_alive: Callable[[], None]) -> None:
-        self._address = address
+    def __init__(
+        self,
+        channel: Callable[[], grpc.aio.Channel],
+        database_url: str,
+        check_alive: Callable[[], None],
+        keyring: Keyring,
+    ) -> None:
+        """`keyring` opens the results the agent stored."""
+        self._channel = channel
+        self._keyring = keyring
         self._database_url = database_url
         self._check_alive = check_alive
 
@@ -96,7 +106,7 @@ class AgentryBench:
         """Submit throughput with no draining beside it: the tasks go to a queue no agent
         reads, so the process does nothing but accept them."""
         requests = _batches(n, batch, PARKED_QUEUE)
-        async with grpc.aio.insecure_channel(self._address) as channel:
+        async with self._channel() as channel:
             seconds = await _submit_batches(tasks_pb2_grpc.TaskServiceStub(channel), requests)
         return {
             "tasks": n,
@@ -109,7 +119,7 @@ class AgentryBench:
         """From the first SubmitTasks call to the moment all `n` tasks are SUCCEEDED."""
         requests = _batches(n, batch)
         async with (
-            grpc.aio.insecure_channel(self._address) as channel,
+            self._channel() as channel,
             await psycopg.AsyncConnection.connect(self._database_url, autocommit=True) as conn,
         ):
             stub = tasks_pb2_grpc.TaskServiceStub(channel)
@@ -158,7 +168,7 @@ class AgentryBench:
         rpc_ms: list[float] = []
         errors: list[str] = []
         async with (
-            grpc.aio.insecure_channel(self._address) as channel,
+            self._channel() as channel,
             await psycopg.AsyncConnection.connect(self._database_url, autocommit=True) as conn,
         ):
             stub = tasks_pb2_grpc.TaskServiceStub(channel)
@@ -190,13 +200,16 @@ class AgentryBench:
                     "%d of %d SubmitTask calls failed, first: %s", len(errors), n, errors[0]
                 )
             await _wait_succeeded(conn, len(rpc_ms), deadline_s, self._check_alive)
-            rows = await (
+            stored = await (
                 await conn.execute(
-                    "SELECT (convert_from(result, 'UTF8')::jsonb->>'submit_to_start_ms')::float8,"
-                    " extract(epoch FROM finished_at - created_at) * 1000"
+                    "SELECT id, result, extract(epoch FROM finished_at - created_at) * 1000"
                     " FROM tasks.tasks WHERE state = 'SUCCEEDED' AND type = 'bench.stamp'"
                 )
             ).fetchall()
+        rows = [
+            (json.loads(self._keyring.decrypt(result, result_aad(id_)))["submit_to_start_ms"], ms)
+            for id_, result, ms in stored
+        ]
         return {
             "tasks": n,
             "target_rate_per_s": rate,

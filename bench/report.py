@@ -78,6 +78,21 @@ def rows(results: dict[str, Any]) -> list[Row]:
         _at_most("Idle agent RSS (VmRSS)", agentry["idle_rss_mib"], "MiB", 120),
         Row("  RSS after the runs", agentry["rss_after_mib"], "MiB"),
     ]  # fmt: skip
+    off = results.get("agentry_security_off")
+    if off is not None:
+        off_start = off["latency"]["submit_to_start_ms"]
+        table += [
+            Row("Security off (no mTLS, tokens, encryption): drain", off["drain"]["tasks_per_s"],
+                "tasks/s"),
+            Row("  drain with security on / off", drain["tasks_per_s"] / off["drain"]["tasks_per_s"],
+                "x"),
+            Row("  submit->start p50, security off", off_start["p50"], "ms"),
+            Row("  submit->start p99, security off", off_start["p99"], "ms"),
+            Row("  SubmitTask round trip p50, security off", off["latency"]["submit_rpc_ms"]["p50"],
+                "ms"),
+        ]  # fmt: skip
+    elif results.get("security") == "off":
+        table.insert(0, Row("SECURITY OFF: figures without mTLS, tokens, encryption", 0, ""))
     return table
 
 

@@ -46,8 +46,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="drain once more under py-spy; print the profile"
     )
+    parser.add_argument(
+        "--security",
+        default="on,off",
+        help="on: mTLS, agent tokens and encryption at rest (the targets apply); off: the "
+        "same path without them, to show their cost; 'on,off' runs both",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    args.security = [s for s in args.security.split(",") if s]
+    if not args.security or set(args.security) - {"on", "off"}:
+        parser.error("--security takes on, off or on,off")
     args.celery_pools = [p for p in args.celery_pools.split(",") if p]
     unknown = set(args.celery_pools) - set(celery_baseline.POOLS)
     if unknown:
@@ -67,10 +76,10 @@ def _git() -> dict[str, Any]:
 
 
 def _agentry(
-    servers: Servers, args: argparse.Namespace, log_dir: Path
+    servers: Servers, args: argparse.Namespace, log_dir: Path, secure: bool
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Every Agentry phase on one agent process; answers the figures and the profile."""
-    agent = AgentProcess(servers.database_url, servers.redis_url, log_dir)
+    agent = AgentProcess(servers.database_url, servers.redis_url, log_dir, secure)
     postmaster, redis_pid = server_pids(servers)
     figures: dict[str, Any] = {}
     found_profile = None
@@ -80,7 +89,9 @@ def _agentry(
         log.info("task agent up (pid %d, %s); idle for %.0fs", agent.pid, agent.address, IDLE_S)
         time.sleep(IDLE_S)
         figures["idle_rss_mib"] = round(agent.rss_mib(), 1)
-        bench = AgentryBench(agent.address, servers.database_url, agent.check_alive)
+        bench = AgentryBench(
+            agent.channel, servers.database_url, agent.check_alive, agent.keyring()
+        )
         events = Keys(agent.prefix).event_stream()
 
         def reset() -> None:
@@ -106,7 +117,7 @@ def _agentry(
         log.info("latency floor: %g SubmitTask/s for 5s", args.floor_rate)
         figures["latency_floor"] = asyncio.run(bench.latency(args.floor_rate, 5.0, args.deadline))
         figures["rss_after_mib"] = round(agent.rss_mib(), 1)
-        if args.profile:
+        if args.profile and secure:
             found_profile = {}
             for phase in ("drain", "latency"):
                 reset()
@@ -161,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     with bench_servers() as servers:
         machine = describe(servers)
         log.info("machine: %s", summary(machine))
-        agentry, found_profile = _agentry(servers, args, log_dir)
+        runs = {
+            mode: _agentry(servers, args, log_dir / f"security-{mode}", mode == "on")
+            for mode in args.security
+        }
+        agentry, found_profile = runs.get("on") or runs["off"]
+        security_off = runs["off"][0] if "on" in runs and "off" in runs else None
         celery: dict[str, Any] = {"version": celery_version, "runs": {}}
         for pool in args.celery_pools:
             log.info("celery baseline, %s pool: %d no-ops", pool, args.tasks)
@@ -176,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine,
         "config": vars(args),
+        "security": "on" if "on" in runs else "off",
         "agentry": agentry,
+        "agentry_security_off": security_off,
         "celery": celery,
         "profile": found_profile,
         "logs": str(log_dir.relative_to(ROOT)),

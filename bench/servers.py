@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from bench.cpu import parent_of
 from dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from libs.common.audit import upgrade_audit
 from libs.common.migrations import upgrade
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def _own_database(server_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         url = server.set(database=name).render_as_string(hide_password=False)
+        upgrade_audit(url)
         upgrade(url, TASK_MIGRATIONS)
         yield url
     finally:

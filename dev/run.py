@@ -12,10 +12,12 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dev import secrets
 from dev.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 from dev.stack import ROOT, Ports, Stack
+from libs.common.audit import upgrade_audit
 from libs.common.migrations import upgrade
-from libs.common.tokens import generate_keypair, mint
+from libs.common.tokens import mint
 
 log = logging.getLogger("agentry.dev")
 
@@ -53,17 +55,6 @@ def _start_postgres(state_dir: Path) -> EmbeddedPostgres:
     return server
 
 
-def _dev_token(settings: DevSettings) -> tuple[Path, str]:
-    keys = settings.state_dir / "keys"
-    private, public = keys / "jwt-private.pem", keys / "jwt-public.pem"
-    if not private.exists() or not public.exists():
-        generate_keypair(private, public)
-    token = mint(
-        private.read_bytes(), "dev-admin", "admin", settings.jwt_audience, settings.token_ttl_s
-    )
-    return public, token
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -87,9 +78,17 @@ def main() -> None:
             pg = _start_postgres(settings.state_dir)
             servers.append(pg)
             database_url = pg.url
+        upgrade_audit(database_url)
         for migrations in MIGRATIONS:
             upgrade(database_url, migrations)
-        public_key, token = _dev_token(settings)
+        dev_secrets = secrets.ensure(settings.state_dir)
+        token = mint(
+            dev_secrets.jwt_private_key.read_bytes(),
+            "dev-admin",
+            "admin",
+            settings.jwt_audience,
+            settings.token_ttl_s,
+        )
         ports = Ports(
             settings.task_agent_port,
             settings.orchestrator_port,
@@ -100,10 +99,10 @@ def main() -> None:
             database_url,
             redis_url,
             ports,
+            dev_secrets,
             env={
                 "AGENTRY_LOG_FORMAT": "console",
                 "AGENTRY_MIGRATE_ON_START": "false",
-                "AGENTRY_JWT_PUBLIC_KEY_FILE": str(public_key),
                 "AGENTRY_JWT_AUDIENCE": settings.jwt_audience,
             },
         )

@@ -17,11 +17,18 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dev.embedded import death_signal_hook
+from dev.secrets import DevSecrets
+from libs.common.identity import AgentIdentity
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 GRPC_SERVICES = ("task_agent", "orchestrator", "analysis")
+
+
+def identity_of(service: str) -> str:
+    """The identity in a service's certificate: `task_agent` is `task-agent`."""
+    return service.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,18 @@ class Stack:
         database_url: str,
         redis_url: str,
         ports: Ports,
+        secrets: DevSecrets,
         env: Mapping[str, str],
         log_dir: Path | None = None,
+        tls: bool = True,
     ) -> None:
+        """`tls` False runs the services with mTLS and agent tokens turned off (benchmarks
+        that measure what security costs)."""
         self.ports = ports
+        self.secrets = secrets
+        self._tls = tls
+        # Readiness checks connect as the gateway: servers take no call without a certificate.
+        self._probe_identity = AgentIdentity(secrets.tls_dir("gateway"), "gateway")
         self.gateway_url = f"http://127.0.0.1:{ports.gateway}"
         self._log_dir = log_dir
         self._env = {
@@ -60,6 +75,9 @@ class Stack:
             "AGENTRY_WORKFLOW_SERVICE_ADDRESS": f"127.0.0.1:{ports.orchestrator}",
             "AGENTRY_ANALYSIS_SERVICE_ADDRESS": f"127.0.0.1:{ports.analysis}",
             "AGENTRY_REGISTRY_ADDRESS": f"127.0.0.1:{ports.orchestrator}",
+            "AGENTRY_JWT_PUBLIC_KEY_FILE": str(secrets.jwt_public_key),
+            "AGENTRY_DATA_KEYS_FILE": str(secrets.data_keys),
+            **({} if tls else {"AGENTRY_TLS_DISABLED": "true"}),
             **env,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -75,6 +93,10 @@ class Stack:
             self.start_one(service, env)
 
     def start_one(self, service: str, env: Mapping[str, str] | None = None) -> None:
+        env = {
+            "AGENTRY_TLS_DIR": str(self.secrets.tls_dir(identity_of(service))),
+            **(env or self._env),
+        }
         out: IO[bytes] | None = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +105,7 @@ class Stack:
         self.processes[service] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}.main"],
             cwd=ROOT,
-            env=dict(env or self._env),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
@@ -118,7 +140,17 @@ class Stack:
                 return httpx.get(f"{self.gateway_url}/readyz", timeout=1.0).status_code == 200
             except httpx.HTTPError:
                 return False
-        with grpc.insecure_channel(f"127.0.0.1:{self.ports.grpc(service)}") as channel:
+        address = f"127.0.0.1:{self.ports.grpc(service)}"
+        channel = (
+            grpc.secure_channel(
+                address,
+                self._probe_identity.channel_credentials(),
+                options=[("grpc.ssl_target_name_override", identity_of(service))],
+            )
+            if self._tls
+            else grpc.insecure_channel(address)
+        )
+        with channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1.0

@@ -28,6 +28,7 @@ SERVICE_MIGRATIONS = {
     "tasks": ROOT / "services/task_agent/migrations",
     "orchestrator": ROOT / "services/orchestrator/migrations",
     "analysis": ROOT / "services/analysis/migrations",
+    "audit": ROOT / "libs/common/audit_migrations",
 }
 
 

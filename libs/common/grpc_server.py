@@ -1,9 +1,9 @@
-"""The gRPC server every service runs: grpc.aio, the standard health service, reflection,
-the interceptor chain, and a drain on SIGTERM."""
+"""The gRPC server every service runs: grpc.aio, mTLS, the standard health service,
+reflection, the call guard, and a drain on SIGTERM."""
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -11,7 +11,6 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from libs.common.grpc_errors import ErrorInterceptor
 from libs.common.settings import GrpcServerSettings
 
 log = structlog.get_logger(__name__)
@@ -28,18 +27,19 @@ class GrpcServer:
         self,
         settings: GrpcServerSettings,
         services: Sequence[ServiceBinding],
-        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+        guard: grpc.aio.ServerInterceptor,
+        credentials: grpc.ServerCredentials | None,
     ) -> None:
+        """`credentials` None serves plaintext (security turned off)."""
         self._settings = settings
+        self._credentials = credentials
         self._service_names = [name for _, _, name in services]
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self._server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), *interceptors], options=options
-        )
+        self._server = grpc.aio.server(interceptors=[guard], options=options)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for add, servicer, _ in services:
@@ -52,7 +52,10 @@ class GrpcServer:
 
     async def start(self) -> int:
         address = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
-        self.port = self._server.add_insecure_port(address)
+        if self._credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self._credentials)
         await self.set_serving(False)
         await self._server.start()
         log.info("grpc server started", address=f"{self._settings.grpc_host}:{self.port}")

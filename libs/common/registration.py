@@ -10,6 +10,8 @@ import grpc
 import structlog
 
 from agentry.agents.v1 import agents_pb2, agents_pb2_grpc
+from libs.common.channels import ServiceChannel
+from libs.common.identity import AgentIdentity
 from libs.common.lifecycle import AgentState
 from libs.common.waiting import pause
 
@@ -23,19 +25,21 @@ class RegistryReporter:
         agent: agents_pb2.Agent,
         state: Callable[[], AgentState],
         load: Callable[[], float],
+        identity: AgentIdentity | None,
     ) -> None:
         self._address = registry_address
+        self._identity = identity
         self._agent = agent
         self._state = state
         self._load = load
         self._interval_s = 5.0
         self._registered = False
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: ServiceChannel | None = None
 
     def _stub(self) -> agents_pb2_grpc.AgentRegistryServiceStub:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._address)
-        return agents_pb2_grpc.AgentRegistryServiceStub(self._channel)
+            self._channel = ServiceChannel(self._address, "orchestrator", self._identity)
+        return self._channel.stub(agents_pb2_grpc.AgentRegistryServiceStub)
 
     def _proto_state(self) -> agents_pb2.AgentState.ValueType:
         return agents_pb2.AgentState.Value(f"AGENT_STATE_{self._state().value}")

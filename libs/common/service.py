@@ -8,10 +8,14 @@ from typing import Any, Protocol
 import structlog
 
 from agentry.agents.v1 import agents_pb2
+from libs.common.audit import AuditLog, upgrade_audit
+from libs.common.call_guard import CallGuard
+from libs.common.db import create_engine
 from libs.common.grpc_server import GrpcServer, ServiceBinding, stop_on_signals
 from libs.common.lifecycle import SERVING_STATES, AgentState, Lifecycle
 from libs.common.migrations import upgrade
 from libs.common.registration import RegistryReporter
+from libs.common.security import load_security
 from libs.common.settings import GrpcServerSettings
 from libs.common.waiting import pause
 
@@ -41,8 +45,9 @@ Loop = Callable[[], Coroutine[Any, Any, None]]
 
 
 class GrpcApp:
-    """A service process built around one gRPC server: migrates its schema, serves, moves
-    through the agent lifecycle, and runs background loops until stopped. A loop that
+    """A service process built around one gRPC server: migrates its schema, serves behind
+    the call guard (mTLS, tokens, RBAC, audit), moves through the agent lifecycle, and runs
+    background loops until stopped. A loop that
     crashes is logged and started again: a silent dead loop is the worst kind of outage.
     Subclasses give their loops, their drain and their clean-up."""
 
@@ -57,7 +62,16 @@ class GrpcApp:
         self.settings = settings
         self.agent_id = f"{self.role}/{settings.instance}"
         self.lifecycle = Lifecycle()
-        self.server = GrpcServer(settings, services)
+        self.security = load_security(settings)
+        self._audit_engine = create_engine(settings.database_url, pool_size=2)
+        self.audit = AuditLog(self._audit_engine)
+        identity = self.security.identity
+        self.server = GrpcServer(
+            settings,
+            services,
+            CallGuard(self.security.authenticator(), self.security.policy, self.audit),
+            identity.server_credentials() if identity else None,
+        )
         self._migrations = migrations
         self._stop = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -89,8 +103,10 @@ class GrpcApp:
         """Releases what the subclass holds, after the server stopped."""
 
     async def start(self) -> None:
-        if self._migrations is not None and self.settings.migrate_on_start:
-            await asyncio.to_thread(upgrade, self.settings.database_url, self._migrations)
+        if self.settings.migrate_on_start:
+            await asyncio.to_thread(upgrade_audit, self.settings.database_url)
+            if self._migrations is not None:
+                await asyncio.to_thread(upgrade, self.settings.database_url, self._migrations)
         await self.prepare()
         await self.server.start()
         await self.lifecycle.move(AgentState.INITIALIZED)
@@ -109,6 +125,7 @@ class GrpcApp:
                 ),
                 state=lambda: self.lifecycle.state,
                 load=self.load,
+                identity=self.security.identity,
             )
             loops["registry"] = lambda: reporter.run(self._stop)
         self._loops = [
@@ -137,4 +154,5 @@ class GrpcApp:
         await self.lifecycle.move(AgentState.TERMINATED)
         if self._reporter is not None:
             await self._reporter.close()
+        await self._audit_engine.dispose()
         log.info("stopped", role=self.role)

@@ -4,10 +4,13 @@ environment."""
 
 import os
 import socket
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from libs.common.rbac import DEFAULT_POLICY
 
 
 def _default_instance() -> str:
@@ -34,6 +37,19 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # Each service migrates its own schema at start, under an advisory lock.
     migrate_on_start: bool = True
+    # Keys that encrypt payloads and results at rest (JSON: {"write": kid, "keys": {kid:
+    # base64}}); storing them in clear takes `encryption_disabled`, and is logged loudly.
+    data_keys_file: Path | None = None
+    encryption_disabled: bool = False
+    # mTLS: a directory holding ca.crt, tls.crt and tls.key (a cert-manager Secret's
+    # layout). Plaintext calls without agent tokens take `tls_disabled`, logged loudly.
+    tls_dir: Path | None = None
+    tls_disabled: bool = False
+    # The public key (PEM) that verifies people's tokens: the gateway checks them, and each
+    # service checks again the ones relayed to it.
+    jwt_public_key_file: Path | None = None
+    jwt_audience: str = "agentry-gateway"
+    rbac_policy_file: Path = DEFAULT_POLICY
 
 
 class GrpcServerSettings(ServiceSettings):

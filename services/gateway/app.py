@@ -10,12 +10,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from agentry.agents.v1 import agents_pb2
+from libs.common.audit import AuditLog
+from libs.common.db import create_engine
 from libs.common.lifecycle import AgentState, Lifecycle
+from libs.common.rbac import Policy
 from libs.common.registration import RegistryReporter
+from libs.common.security import load_security
 from services.gateway import problems
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.clients import Services
-from services.gateway.routes import agents, tasks
+from services.gateway.routes import agents, audit, tasks
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -26,29 +30,38 @@ class AuthConfig:
     disabled: bool
     public_key: bytes
     audience: str
+    policy: Policy
 
 
-def _auth_config(settings: GatewaySettings) -> AuthConfig:
+def _auth_config(settings: GatewaySettings, policy: Policy) -> AuthConfig:
     if settings.auth_disabled:
-        log.warning("AUTHENTICATION IS DISABLED: every caller is treated as admin")
-        return AuthConfig(True, b"", settings.jwt_audience)
+        log.warning(
+            "AUTHENTICATION IS DISABLED: every caller is treated as admin here; the services "
+            "still authorise each call unless they run with AGENTRY_TLS_DISABLED too"
+        )
+        return AuthConfig(True, b"", settings.jwt_audience, policy)
     if settings.jwt_public_key_file is None:
         raise SystemExit(
             "AGENTRY_JWT_PUBLIC_KEY_FILE is not set: the gateway needs the public key that "
             "verifies bearer tokens (or AGENTRY_AUTH_DISABLED=true, explicitly)"
         )
-    return AuthConfig(False, settings.jwt_public_key_file.read_bytes(), settings.jwt_audience)
+    public_key = settings.jwt_public_key_file.read_bytes()
+    return AuthConfig(False, public_key, settings.jwt_audience, policy)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    auth = _auth_config(settings)
+    security = load_security(settings)
+    auth = _auth_config(settings, security.policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, pool_size=2)
+        app.state.audit = AuditLog(engine)
         app.state.services = Services(
             settings.task_service_address,
             settings.workflow_service_address,
             settings.rpc_timeout_s,
+            security.identity,
         )
         # The gateway is an agent too: it registers with the orchestrator's registry.
         lifecycle = Lifecycle()
@@ -63,6 +76,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             ),
             state=lambda: lifecycle.state,
             load=lambda: 0.0,
+            identity=security.identity,
         )
         await lifecycle.move(AgentState.INITIALIZED)
         await lifecycle.move(AgentState.ACTIVE)
@@ -74,6 +88,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         await lifecycle.move(AgentState.TERMINATED)
         await reporter.close()
         await app.state.services.close()
+        await engine.dispose()
 
     app = FastAPI(
         title="Agentry",
@@ -86,6 +101,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(tasks.router)
     app.include_router(agents.router)
+    app.include_router(audit.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

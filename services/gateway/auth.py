@@ -1,39 +1,68 @@
-"""Who is calling: a bearer JWT naming a principal and a role. Roles are ordered:
-viewer (read) < operator (submit, cancel, redrive) < admin (everything)."""
+"""Who is calling and whether they may: a bearer JWT names a person or program and a role,
+and the RBAC policy (libs/common/rbac.toml) decides each route. A refusal is audited. The
+caller's token is relayed with every call the request makes, so the services authorise
+the person too."""
 
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+import secrets
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from libs.common.audit import AuditEntry
+from libs.common.channels import Relayed, relay
 from libs.common.errors import PermissionDenied, Unauthenticated
-from libs.common.tokens import ROLES, Principal, verify
+from libs.common.tokens import Principal, verify
 
-_RANK = {role: rank for rank, role in enumerate(ROLES)}
 _bearer = HTTPBearer(auto_error=False, description="A JWT with a role: viewer, operator or admin.")
 
 ANONYMOUS_ADMIN = Principal(subject="anonymous", role="admin")
 
 
-def require(role: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
-    async def check(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Principal:
-        auth = request.app.state.auth
-        if auth.disabled:
-            return ANONYMOUS_ADMIN
+def _traceparent(request: Request) -> str:
+    """The request's W3C trace context, or a new one."""
+    incoming = request.headers.get("traceparent", "")
+    if len(incoming.split("-")) == 4:
+        return incoming
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+async def authorize(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    auth = request.app.state.auth
+    traceparent = _traceparent(request)
+    if auth.disabled:
+        relay(Relayed(traceparent=traceparent))
+        return ANONYMOUS_ADMIN
+    route = request.scope["route"].path
+    action = f"{request.method} {route}"
+    principal: Principal | None = None
+    try:
         if credentials is None:
             raise Unauthenticated("a bearer token is required")
         principal = verify(credentials.credentials, auth.public_key, auth.audience)
-        if _RANK[principal.role] < _RANK[role]:
-            raise PermissionDenied(f"role {principal.role} may not do this; it takes {role}")
-        return principal
+        if not auth.policy.allows_http(principal.role, request.method, route):
+            raise PermissionDenied(f"role {principal.role} may not {action}")
+    except (Unauthenticated, PermissionDenied) as exc:
+        await request.app.state.audit.record(
+            AuditEntry(
+                principal=principal.subject if principal else "unknown",
+                role=principal.role if principal else "",
+                action=action,
+                resource=request.url.path,
+                outcome="UNAUTHENTICATED"
+                if isinstance(exc, Unauthenticated)
+                else "PERMISSION_DENIED",
+                trace_id=traceparent.split("-")[1],
+                via="gateway",
+            )
+        )
+        raise
+    relay(Relayed(user_token=credentials.credentials, traceparent=traceparent))
+    return principal
 
-    return check
 
-
-Viewer = Annotated[Principal, Depends(require("viewer"))]
-Operator = Annotated[Principal, Depends(require("operator"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
+# Every route takes it: the policy, not the route, says which roles may pass.
+Authorized = Annotated[Principal, Depends(authorize)]

@@ -1,5 +1,5 @@
-"""gRPC clients of the services behind the gateway. A failed call surfaces as the same
-domain error the service raised."""
+"""gRPC clients of the services behind the gateway, over mTLS as the `gateway` identity. A
+failed call surfaces as the same domain error the service raised."""
 
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -9,7 +9,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentry.agents.v1 import agents_pb2_grpc
 from agentry.tasks.v1 import tasks_pb2_grpc
+from libs.common.channels import ServiceChannel
 from libs.common.grpc_errors import from_rpc_error
+from libs.common.identity import AgentIdentity
 
 R = TypeVar("R")
 
@@ -17,13 +19,24 @@ R = TypeVar("R")
 class Services:
     """Channels and stubs, made inside the running event loop (at app start-up)."""
 
-    def __init__(self, task_address: str, orchestrator_address: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        task_address: str,
+        orchestrator_address: str,
+        timeout_s: float,
+        identity: AgentIdentity | None,
+    ) -> None:
         self._timeout_s = timeout_s
-        self._task_channel = grpc.aio.insecure_channel(task_address)
-        self.tasks = tasks_pb2_grpc.TaskServiceStub(self._task_channel)
-        self._task_health = health_pb2_grpc.HealthStub(self._task_channel)
-        self._orchestrator_channel = grpc.aio.insecure_channel(orchestrator_address)
-        self.agents = agents_pb2_grpc.AgentRegistryServiceStub(self._orchestrator_channel)
+        self._task_channel = ServiceChannel(task_address, "task-agent", identity)
+        self._orchestrator_channel = ServiceChannel(orchestrator_address, "orchestrator", identity)
+
+    @property
+    def tasks(self) -> tasks_pb2_grpc.TaskServiceStub:
+        return self._task_channel.stub(tasks_pb2_grpc.TaskServiceStub)
+
+    @property
+    def agents(self) -> agents_pb2_grpc.AgentRegistryServiceStub:
+        return self._orchestrator_channel.stub(agents_pb2_grpc.AgentRegistryServiceStub)
 
     async def call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
         try:
@@ -33,7 +46,8 @@ class Services:
 
     async def ready(self) -> dict[str, bool]:
         try:
-            reply = await self._task_health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+            health = self._task_channel.stub(health_pb2_grpc.HealthStub)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
             serving = False

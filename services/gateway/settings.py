@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from libs.common.settings import ServiceSettings
 
 
@@ -14,8 +12,5 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = 1024 * 1024 + 64 * 1024
     # Seconds a call to a service may take before the client gets 504.
     rpc_timeout_s: float = 10.0
-    # Public key (PEM) that verifies the bearer tokens of people and programs.
-    jwt_public_key_file: Path | None = None
-    jwt_audience: str = "agentry-gateway"
     # Serving without authentication takes this explicit setting, and is logged loudly.
     auth_disabled: bool = False

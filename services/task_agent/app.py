@@ -7,6 +7,7 @@ import httpx
 import structlog
 
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from libs.common.crypto import keyring_from_settings
 from libs.common.db import create_engine
 from libs.common.events import EventBus
 from libs.common.lifecycle import AgentState
@@ -39,19 +40,23 @@ class TaskAgentApp(GrpcApp):
     role = "task_agent"
 
     def __init__(self, settings: TaskAgentSettings) -> None:
+        # First: without its keys the agent must not start, nor open anything.
+        self.keyring = keyring_from_settings(settings)
         self._engine = create_engine(settings.database_url)
         self._redis = create_redis(settings.redis_url)
         self._http = httpx.AsyncClient(timeout=30.0, follow_redirects=False)
         keys = Keys(settings.redis_prefix)
         self.handlers = Handlers.from_modules(settings.handler_modules)
-        self.store = TaskStore(self._engine)
+        self.store = TaskStore(self._engine, self.keyring)
         self.types = TypeStore(self._engine)
         self.dispatcher = Dispatcher(self._redis, keys, settings.low_priority_first_every)
         self.catalog = TypeCatalog(self.types, self.handlers.types)
         agent_id = f"{self.role}/{settings.instance}"
         self.events = EventBus(self._redis, keys, source=agent_id)
         self.changes = TaskChanges(
-            self._redis, self.events, TaskCache(self._redis, keys, settings.task_cache_ttl_s)
+            self._redis,
+            self.events,
+            TaskCache(self._redis, keys, settings.task_cache_ttl_s, self.keyring),
         )
         self.worker = Worker(
             agent_id,
@@ -72,7 +77,7 @@ class TaskAgentApp(GrpcApp):
         )
         self.tasks = Tasks(
             self.store,
-            DeadLetterStore(self._engine),
+            DeadLetterStore(self._engine, self.keyring),
             self.dispatcher,
             self.changes,
             self.catalog,

@@ -1,7 +1,8 @@
 """The seed's cache layer: a task's latest state in Redis, written through on every change
 and bounded by a TTL, so a website polling thousands of tasks reads Redis, not Postgres.
 A write carries the task's version and is refused if the cache already holds a newer one,
-so concurrent writers never leave an older state behind."""
+so concurrent writers never leave an older state behind. The payload and result are held
+sealed by the same keyring as in Postgres, bound to the task and the field."""
 
 import base64
 import json
@@ -11,10 +12,14 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as redis
+import structlog
 from redis.asyncio.client import Pipeline
 
+from libs.common.crypto import Keyring, Undecryptable
 from libs.common.redis_client import Keys
 from services.task_agent.model import Priority, RetryPolicy, Task, TaskState
+
+log = structlog.get_logger(__name__)
 
 # KEYS[1]: a task's entry, "<version>|<json>". ARGV: ttl seconds, version, json.
 _PUT_IF_NEWER = """
@@ -25,12 +30,17 @@ redis.call('SET', KEYS[1], ARGV[2] .. '|' .. ARGV[3], 'EX', ARGV[1])
 return 1
 """
 
+# Associated data of the sealed fields, with the task's id: bound to the entry they are in.
+_PAYLOAD = b"task_cache.payload:"
+_RESULT = b"task_cache.result:"
+
 
 class TaskCache:
-    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int, keyring: Keyring) -> None:
         self._redis = client
         self._keys = keys
         self._ttl_s = ttl_s
+        self._keyring = keyring
         self._put = client.register_script(_PUT_IF_NEWER)
 
     async def get(self, task_id: uuid.UUID) -> Task | None:
@@ -38,7 +48,14 @@ class TaskCache:
         if raw is None:
             return None
         _, _, value = raw.partition(b"|")
-        return _decode(json.loads(value))
+        try:
+            return self._decode(json.loads(value))
+        except Undecryptable as exc:
+            # A copy sealed with a key this agent does not hold (one retired after a
+            # rotation, say) is a miss: Postgres, the truth, answers and fills it again.
+            log.warning("cached task unreadable; dropped", task_id=str(task_id), error=str(exc))
+            await self.forget(task_id)
+            return None
 
     async def put(self, tasks: Sequence[Task]) -> None:
         if tasks:
@@ -50,7 +67,7 @@ class TaskCache:
         """Adds the writes of `tasks` to a caller's pipeline. One script call per task: on a
         cluster, tasks' keys live on different nodes."""
         for task in tasks:
-            value = json.dumps(_encode(task), separators=(",", ":"))
+            value = json.dumps(self._encode(task), separators=(",", ":"))
             await self._put(
                 keys=[self._keys.task_cache(str(task.id))],
                 args=[self._ttl_s, task.version, value],
@@ -60,74 +77,83 @@ class TaskCache:
     async def forget(self, task_id: uuid.UUID) -> None:
         await self._redis.delete(self._keys.task_cache(str(task_id)))
 
+    def _encode(self, task: Task) -> dict[str, Any]:
+        return {
+            "id": str(task.id),
+            "type": task.type,
+            "state": task.state.value,
+            "payload": self._seal(task.payload, _PAYLOAD, task.id),
+            "queue": task.queue,
+            "priority": int(task.priority),
+            "attempts": task.attempts,
+            "retry": [
+                task.retry.max_attempts,
+                task.retry.initial_backoff_s,
+                task.retry.max_backoff_s,
+                task.retry.multiplier,
+            ],
+            "timeout_s": task.timeout_s,
+            "run_at": task.run_at.isoformat(),
+            "created_at": task.created_at.isoformat(),
+            "updated_at": task.updated_at.isoformat(),
+            "result": self._seal(task.result, _RESULT, task.id)
+            if task.result is not None
+            else None,
+            "error_reason": task.error_reason,
+            "error_message": task.error_message,
+            "error_kind": task.error_kind,
+            "idempotency_key": task.idempotency_key,
+            "deadline_at": _iso(task.deadline_at),
+            "fallback_type": task.fallback_type,
+            "concurrency_key": task.concurrency_key,
+            "parent_id": str(task.parent_id) if task.parent_id else None,
+            "labels": task.labels,
+            "started_at": _iso(task.started_at),
+            "finished_at": _iso(task.finished_at),
+            "progress": task.progress,
+            "agent": task.agent,
+            "version": task.version,
+        }
 
-def _encode(task: Task) -> dict[str, Any]:
-    return {
-        "id": str(task.id),
-        "type": task.type,
-        "state": task.state.value,
-        "payload": base64.b64encode(task.payload).decode(),
-        "queue": task.queue,
-        "priority": int(task.priority),
-        "attempts": task.attempts,
-        "retry": [
-            task.retry.max_attempts,
-            task.retry.initial_backoff_s,
-            task.retry.max_backoff_s,
-            task.retry.multiplier,
-        ],
-        "timeout_s": task.timeout_s,
-        "run_at": task.run_at.isoformat(),
-        "created_at": task.created_at.isoformat(),
-        "updated_at": task.updated_at.isoformat(),
-        "result": base64.b64encode(task.result).decode() if task.result is not None else None,
-        "error_reason": task.error_reason,
-        "error_message": task.error_message,
-        "error_kind": task.error_kind,
-        "idempotency_key": task.idempotency_key,
-        "deadline_at": _iso(task.deadline_at),
-        "fallback_type": task.fallback_type,
-        "concurrency_key": task.concurrency_key,
-        "parent_id": str(task.parent_id) if task.parent_id else None,
-        "labels": task.labels,
-        "started_at": _iso(task.started_at),
-        "finished_at": _iso(task.finished_at),
-        "progress": task.progress,
-        "agent": task.agent,
-        "version": task.version,
-    }
+    def _decode(self, data: dict[str, Any]) -> Task:
+        task_id = uuid.UUID(data["id"])
+        return Task(
+            id=task_id,
+            type=data["type"],
+            state=TaskState(data["state"]),
+            payload=self._open(data["payload"], _PAYLOAD, task_id),
+            queue=data["queue"],
+            priority=Priority(data["priority"]),
+            attempts=data["attempts"],
+            retry=RetryPolicy(*data["retry"]),
+            timeout_s=data["timeout_s"],
+            run_at=datetime.fromisoformat(data["run_at"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            updated_at=datetime.fromisoformat(data["updated_at"]),
+            result=self._open(data["result"], _RESULT, task_id)
+            if data["result"] is not None
+            else None,
+            error_reason=data["error_reason"],
+            error_message=data["error_message"],
+            error_kind=data["error_kind"],
+            idempotency_key=data["idempotency_key"],
+            deadline_at=_from_iso(data["deadline_at"]),
+            fallback_type=data["fallback_type"],
+            concurrency_key=data["concurrency_key"],
+            parent_id=uuid.UUID(data["parent_id"]) if data["parent_id"] else None,
+            labels=data["labels"],
+            started_at=_from_iso(data["started_at"]),
+            finished_at=_from_iso(data["finished_at"]),
+            progress=data["progress"],
+            agent=data["agent"],
+            version=data["version"],
+        )
 
+    def _seal(self, value: bytes, field: bytes, task_id: uuid.UUID) -> str:
+        return base64.b64encode(self._keyring.encrypt(value, field + task_id.bytes)).decode()
 
-def _decode(data: dict[str, Any]) -> Task:
-    return Task(
-        id=uuid.UUID(data["id"]),
-        type=data["type"],
-        state=TaskState(data["state"]),
-        payload=base64.b64decode(data["payload"]),
-        queue=data["queue"],
-        priority=Priority(data["priority"]),
-        attempts=data["attempts"],
-        retry=RetryPolicy(*data["retry"]),
-        timeout_s=data["timeout_s"],
-        run_at=datetime.fromisoformat(data["run_at"]),
-        created_at=datetime.fromisoformat(data["created_at"]),
-        updated_at=datetime.fromisoformat(data["updated_at"]),
-        result=base64.b64decode(data["result"]) if data["result"] is not None else None,
-        error_reason=data["error_reason"],
-        error_message=data["error_message"],
-        error_kind=data["error_kind"],
-        idempotency_key=data["idempotency_key"],
-        deadline_at=_from_iso(data["deadline_at"]),
-        fallback_type=data["fallback_type"],
-        concurrency_key=data["concurrency_key"],
-        parent_id=uuid.UUID(data["parent_id"]) if data["parent_id"] else None,
-        labels=data["labels"],
-        started_at=_from_iso(data["started_at"]),
-        finished_at=_from_iso(data["finished_at"]),
-        progress=data["progress"],
-        agent=data["agent"],
-        version=data["version"],
-    )
+    def _open(self, value: str, field: bytes, task_id: uuid.UUID) -> bytes:
+        return self._keyring.decrypt(base64.b64decode(value), field + task_id.bytes)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,19 +1,23 @@
-"""Dead letters: failed tasks kept for an operator to inspect, redrive or purge."""
+"""Dead letters: failed tasks kept for an operator to inspect, redrive or purge. A letter
+holds no copy of its task's payload: it points at the task row, sealed like any other."""
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.common.crypto import Keyring
 from services.task_agent.model import DeadLetter, NewTask, Task
 from services.task_agent.tables import dead_letters, insert_values, row_to_task, tasks
 
 
 class DeadLetterStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, keyring: Keyring) -> None:
         self._engine = engine
+        self._keyring = keyring
 
     async def page(
         self, queue: str | None, type_: str | None, limit: int, offset: int
@@ -37,12 +41,7 @@ class DeadLetterStore:
             *tasks.c,
         )
         async with self._engine.connect() as conn:
-            return [
-                DeadLetter(
-                    row.dl_id, row_to_task(row), row.dl_reason, row.dl_created_at, row.dl_redriven
-                )
-                for row in await conn.execute(query)
-            ]
+            return [self._letter(row) for row in await conn.execute(query)]
 
     async def get(self, dead_letter_id: uuid.UUID) -> DeadLetter | None:
         query = (
@@ -58,11 +57,7 @@ class DeadLetterStore:
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        return DeadLetter(
-            row.dl_id, row_to_task(row), row.dl_reason, row.dl_created_at, row.dl_redriven
-        )
+        return self._letter(row) if row else None
 
     async def redrive(self, dead_letter_id: uuid.UUID, new: NewTask, now: datetime) -> Task | None:
         """Stores the new task and links it to the dead letter, once: a second redrive of the
@@ -79,10 +74,12 @@ class DeadLetterStore:
                 return None
             row = (
                 await conn.execute(
-                    pg.insert(tasks).values(insert_values(new, now)).returning(*tasks.c)
+                    pg.insert(tasks)
+                    .values(insert_values(new, now, self._keyring))
+                    .returning(*tasks.c)
                 )
             ).first()
-        return row_to_task(row)
+        return row_to_task(row, self._keyring)
 
     async def purge(self, queue: str | None, type_: str | None, older_than: datetime | None) -> int:
         query = sa.delete(dead_letters)
@@ -97,3 +94,12 @@ class DeadLetterStore:
             query = query.where(dead_letters.c.created_at < older_than)
         async with self._engine.begin() as conn:
             return (await conn.execute(query)).rowcount
+
+    def _letter(self, row: Any) -> DeadLetter:
+        return DeadLetter(
+            row.dl_id,
+            row_to_task(row, self._keyring),
+            row.dl_reason,
+            row.dl_created_at,
+            row.dl_redriven,
+        )

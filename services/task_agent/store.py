@@ -13,10 +13,12 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from libs.common.crypto import Keyring
 from services.task_agent.model import Holder, NewTask, Task, TaskState
 from services.task_agent.tables import (
     dead_letters,
     insert_values,
+    result_aad,
     row_to_task,
     stored_task,
     tasks,
@@ -37,9 +39,14 @@ _INSERT_COLUMNS = {
     "created_at": "timestamptz", "updated_at": "timestamptz", "agent": "text",
     "lease_expires_at": "timestamptz", "started_at": "timestamptz",
 }  # fmt: skip
+# Byte strings go in binary (%b): in text, psycopg escapes every element of a bytea array
+# in Python, which costs more than sealing it.
+_PLACEHOLDERS = ", ".join(
+    f"%({c})b::{t}[]" if t == "bytea" else f"%({c})s::{t}[]" for c, t in _INSERT_COLUMNS.items()
+)
 _INSERT = (
     f"INSERT INTO tasks.tasks ({', '.join(_INSERT_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'%({c})s::{t}[]' for c, t in _INSERT_COLUMNS.items())}) "
+    f"SELECT * FROM unnest({_PLACEHOLDERS}) "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
 )
 
@@ -58,7 +65,7 @@ _SUCCEED = """
        SET state = 'SUCCEEDED', result = v.result, progress = 1, finished_at = now(),
            updated_at = now(), lease_expires_at = NULL, error_reason = NULL,
            error_message = NULL, error_kind = NULL
-      FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(results)s::bytea[])
+      FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(results)b::bytea[])
            AS v(id, attempt, result)
      WHERE t.id = v.id AND t.attempts = v.attempt AND t.state = 'RUNNING'
     RETURNING t.*
@@ -66,11 +73,15 @@ _SUCCEED = """
 
 
 class TaskStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, keyring: Keyring) -> None:
         self._engine = engine
+        self._keyring = keyring
         # Most transitions are one statement, atomic on its own: run without BEGIN/COMMIT,
         # one round trip instead of three.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def _task(self, row: Any) -> Task:
+        return row_to_task(row, self._keyring)
 
     def _single(self) -> AsyncConnection:
         return self._autocommit.connect()
@@ -96,7 +107,7 @@ class TaskStore:
         `holder`. A task whose idempotency key is taken is not stored; the existing task
         stands in its place (created=False)."""
         holders = {n.id: holder if n.id in held else None for n in batch}
-        rows = [insert_values(new, now, holders[new.id]) for new in batch]
+        rows = [insert_values(new, now, self._keyring, holders[new.id]) for new in batch]
         columns = {name: [row[name] for row in rows] for name in _INSERT_COLUMNS}
         columns["labels"] = [json.dumps(labels) for labels in columns["labels"]]
         created = {row.id for row in await self._fetch(_INSERT, columns)}
@@ -107,7 +118,7 @@ class TaskStore:
                 found = await conn.execute(
                     sa.select(tasks).where(tasks.c.idempotency_key.in_(missing))
                 )
-                existing = {row.idempotency_key: row_to_task(row) for row in found}
+                existing = {row.idempotency_key: self._task(row) for row in found}
         return [
             (stored_task(n, now, holders[n.id]), True)
             if n.id in created
@@ -118,7 +129,7 @@ class TaskStore:
     async def get(self, task_id: uuid.UUID) -> Task | None:
         async with self._single() as conn:
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
-        return row_to_task(row) if row else None
+        return self._task(row) if row else None
 
     async def list_tasks(
         self,
@@ -139,13 +150,13 @@ class TaskStore:
         if after:
             query = query.where(sa.tuple_(tasks.c.created_at, tasks.c.id) < sa.tuple_(*after))
         async with self._single() as conn:
-            return [row_to_task(row) for row in await conn.execute(query)]
+            return [self._task(row) for row in await conn.execute(query)]
 
     async def claim(self, ids: Sequence[uuid.UUID], agent: str, lease_s: float) -> list[Task]:
         """Takes the due ones among `ids` for `agent`: attempts + 1 is the new fencing token.
         Ids already claimed, cancelled or not yet due are left alone."""
         rows = await self._fetch(_CLAIM, {"ids": list(ids), "agent": agent, "lease": lease_s})
-        return [row_to_task(row) for row in rows]
+        return [self._task(row) for row in rows]
 
     async def succeed(self, outcomes: Sequence[tuple[uuid.UUID, int, bytes]]) -> list[Task]:
         """Records results in one statement; an outcome whose attempt is stale is refused
@@ -153,8 +164,11 @@ class TaskStore:
         if not outcomes:
             return []
         ids, attempts, results = (list(col) for col in zip(*outcomes, strict=True))
-        rows = await self._fetch(_SUCCEED, {"ids": ids, "attempts": attempts, "results": results})
-        return [row_to_task(row) for row in rows]
+        sealed = [
+            self._keyring.encrypt(r, result_aad(i)) for i, r in zip(ids, results, strict=True)
+        ]
+        rows = await self._fetch(_SUCCEED, {"ids": ids, "attempts": attempts, "results": sealed})
+        return [self._task(row) for row in rows]
 
     async def _fenced_update(self, task_id: uuid.UUID, attempt: int, **values: Any) -> Task | None:
         """Changes a running task only if `attempt` is still its fencing token."""
@@ -170,7 +184,7 @@ class TaskStore:
         )
         async with self._single() as conn:
             row = (await conn.execute(query)).first()
-        return row_to_task(row) if row else None
+        return self._task(row) if row else None
 
     async def release(self, task_id: uuid.UUID, attempt: int, run_at: datetime) -> Task | None:
         """Undoes a claim whose handler never started (a rate or concurrency limit said not
@@ -242,14 +256,16 @@ class TaskStore:
             if row is None:
                 return None
             if fallback is not None:
-                await conn.execute(pg.insert(tasks).values(insert_values(fallback, row.updated_at)))
+                await conn.execute(
+                    pg.insert(tasks).values(insert_values(fallback, row.updated_at, self._keyring))
+                )
             else:
                 await conn.execute(
                     sa.insert(dead_letters).values(
                         id=uuid.uuid4(), task_id=task_id, reason=reason, created_at=row.updated_at
                     )
                 )
-        return row_to_task(row), fallback
+        return self._task(row), fallback
 
     async def cancel(self, task_id: uuid.UUID, reason: str) -> Task | None:
         """A pending task ends CANCELLED at once; a running one is marked, and its agent
@@ -280,7 +296,7 @@ class TaskStore:
                 ).first()
             if row is None:
                 row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
-        return row_to_task(row) if row else None
+        return self._task(row) if row else None
 
     async def finish_cancelled(self, task_id: uuid.UUID, attempt: int) -> Task | None:
         return await self._fenced_update(
@@ -348,7 +364,7 @@ class TaskStore:
             .returning(*tasks.c)
         )
         async with self._single() as conn:
-            return [row_to_task(row) for row in await conn.execute(query)]
+            return [self._task(row) for row in await conn.execute(query)]
 
     async def expire_leases(self, limit: int) -> list[Task]:
         """Running tasks whose agent stopped renewing: they become due again (the claim that
@@ -375,7 +391,7 @@ class TaskStore:
             .returning(*tasks.c)
         )
         async with self._single() as conn:
-            return [row_to_task(row) for row in await conn.execute(query)]
+            return [self._task(row) for row in await conn.execute(query)]
 
     async def queue_stats(self) -> list[tuple[str, int, float, int]]:
         """(queue, due depth, age of the oldest due task in seconds, running) per queue."""

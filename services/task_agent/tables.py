@@ -1,11 +1,15 @@
-"""The tasks schema as SQLAlchemy tables, and the mapping between its rows and the domain."""
+"""The tasks schema as SQLAlchemy tables, and the mapping between its rows and the domain.
+Payloads and results are stored sealed by the keyring, bound to their row and column; the
+domain only ever sees them opened."""
 
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from libs.common.crypto import Keyring
 from services.task_agent.model import Holder, NewTask, Priority, RetryPolicy, Task, TaskState
 
 metadata = sa.MetaData(schema="tasks")
@@ -87,12 +91,20 @@ NOW = sa.func.now()
 PENDING = (TaskState.QUEUED.value, TaskState.RETRYING.value)
 
 
-def row_to_task(row: Any) -> Task:
+def payload_aad(task_id: uuid.UUID) -> bytes:
+    return b"tasks.payload:" + task_id.bytes
+
+
+def result_aad(task_id: uuid.UUID) -> bytes:
+    return b"tasks.result:" + task_id.bytes
+
+
+def row_to_task(row: Any, keyring: Keyring) -> Task:
     return Task(
         id=row.id,
         type=row.type,
         state=TaskState(row.state),
-        payload=row.payload,
+        payload=keyring.decrypt(row.payload, payload_aad(row.id)),
         queue=row.queue,
         priority=Priority(row.priority),
         attempts=row.attempts,
@@ -103,7 +115,7 @@ def row_to_task(row: Any) -> Task:
         run_at=row.run_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
-        result=row.result,
+        result=keyring.decrypt(row.result, result_aad(row.id)) if row.result is not None else None,
         error_reason=row.error_reason,
         error_message=row.error_message,
         error_kind=row.error_kind,
@@ -121,7 +133,9 @@ def row_to_task(row: Any) -> Task:
     )
 
 
-def insert_values(new: NewTask, now: datetime, holder: Holder | None = None) -> dict[str, Any]:
+def insert_values(
+    new: NewTask, now: datetime, keyring: Keyring, holder: Holder | None = None
+) -> dict[str, Any]:
     """The row of a new task; with a holder, already claimed by it (attempt 1)."""
     return {
         "id": new.id,
@@ -129,7 +143,7 @@ def insert_values(new: NewTask, now: datetime, holder: Holder | None = None) -> 
         "queue": new.queue,
         "priority": int(new.priority),
         "state": (TaskState.RUNNING if holder else TaskState.QUEUED).value,
-        "payload": new.payload,
+        "payload": keyring.encrypt(new.payload, payload_aad(new.id)),
         "attempts": 1 if holder else 0,
         "agent": holder.agent if holder else None,
         "lease_expires_at": now + timedelta(seconds=holder.lease_s) if holder else None,
@@ -157,7 +171,7 @@ def insert_values(new: NewTask, now: datetime, holder: Holder | None = None) -> 
 
 
 def stored_task(new: NewTask, now: datetime, holder: Holder | None = None) -> Task:
-    """The task as `insert_values` stores it, without reading it back."""
+    """The task as `insert_values` stores it, without reading it back (nor opening it)."""
     return Task(
         id=new.id,
         type=new.type,

@@ -11,20 +11,17 @@ import pytest
 
 from dev.embedded import free_port
 from dev.stack import Ports, Stack
-from libs.common.tokens import generate_keypair, mint
 from tests.conftest import create_database, drop_database
-
-AUDIENCE = "agentry-gateway"
+from tests.secure import AUDIENCE, dev_secrets, person_token
 
 
 @dataclass(frozen=True)
 class Platform:
     stack: Stack
-    private_key: bytes
     log_dir: Path
 
     def token(self, role: str, ttl_s: float = 600) -> str:
-        return mint(self.private_key, f"e2e-{role}", role, AUDIENCE, ttl_s)
+        return person_token(role, ttl_s)
 
     def client(self, role: str | None = "admin") -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(role)}"} if role else {}
@@ -44,16 +41,14 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
 def platform(
     database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
-    keys = tmp_path_factory.mktemp("keys")
-    generate_keypair(keys / "private.pem", keys / "public.pem")
     log_dir = tmp_path_factory.mktemp("logs")
     stack = Stack(
         database_url,
         redis_url,
         Ports(free_port(), free_port(), free_port(), free_port()),
+        dev_secrets(),
         env={
             "AGENTRY_REDIS_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
-            "AGENTRY_JWT_PUBLIC_KEY_FILE": str(keys / "public.pem"),
             "AGENTRY_JWT_AUDIENCE": AUDIENCE,
             "AGENTRY_LOG_FORMAT": "json",
             "AGENTRY_MIGRATE_ON_START": "false",
@@ -63,7 +58,7 @@ def platform(
     try:
         stack.start()
         stack.wait_ready()
-        yield Platform(stack, (keys / "private.pem").read_bytes(), log_dir)
+        yield Platform(stack, log_dir)
     finally:
         codes = stack.stop()
     assert codes == {name: 0 for name in codes}, f"unclean exits {codes}; logs in {log_dir}"

@@ -21,12 +21,13 @@ from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from dev.embedded import death_signal_hook, free_port
 from dev.stack import ROOT
 from libs.common.redis_client import Keys
+from tests.secure import call_metadata, dev_secrets, security_settings, sync_channel_to
 
 S = tasks_pb2
 
 
 def _serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with sync_channel_to(port) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1.0
@@ -61,6 +62,8 @@ def two_agents(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[di
             "AGENTRY_LEASE_S": "1.5",
             "AGENTRY_RECONCILE_INTERVAL_S": "0.3",
             "AGENTRY_MIGRATE_ON_START": "false",
+            "AGENTRY_TLS_DIR": str(dev_secrets().tls_dir("task-agent")),
+            **{f"AGENTRY_{key.upper()}": str(value) for key, value in security_settings().items()},
         }
         with open(tmp_path / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
@@ -85,14 +88,15 @@ def two_agents(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[di
 
 def test_a_task_survives_the_kill_of_its_agent(two_agents, redis_url: str) -> None:
     agents = two_agents["agents"]
-    channel = grpc.insecure_channel(f"127.0.0.1:{agents['agent-a']['port']}")
+    channel = sync_channel_to(agents["agent-a"]["port"])
     stub = tasks_pb2_grpc.TaskServiceStub(channel)
     submitted = stub.SubmitTask(
-        S.SubmitTaskRequest(task=S.TaskSpec(type="sleep", payload=b'{"seconds": 2}'))
+        S.SubmitTaskRequest(task=S.TaskSpec(type="sleep", payload=b'{"seconds": 2}')),
+        metadata=call_metadata(),
     ).task
 
     def get() -> tasks_pb2.Task:
-        return stub.GetTask(S.GetTaskRequest(task_id=submitted.id)).task
+        return stub.GetTask(S.GetTaskRequest(task_id=submitted.id), metadata=call_metadata()).task
 
     running = _until(lambda: (t := get()).state == S.TASK_STATE_RUNNING and t, 15, "RUNNING")
     victim = running.agent.removeprefix("task_agent/")
@@ -100,7 +104,7 @@ def test_a_task_survives_the_kill_of_its_agent(two_agents, redis_url: str) -> No
     agents[victim]["proc"].send_signal(signal.SIGKILL)
     agents[victim]["proc"].wait(timeout=10)
     channel.close()
-    channel = grpc.insecure_channel(f"127.0.0.1:{agents[survivor]['port']}")
+    channel = sync_channel_to(agents[survivor]["port"])
     stub = tasks_pb2_grpc.TaskServiceStub(channel)
 
     done = _until(

@@ -2,12 +2,12 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
 import pytest
 
 from agentry.tasks.v1 import tasks_pb2_grpc
 from services.task_agent.app import TaskAgentApp
 from services.task_agent.settings import TaskAgentSettings
+from tests.secure import channel_to, dev_secrets, security_settings
 
 _instances = itertools.count(1)
 
@@ -33,6 +33,8 @@ async def make_task_agent(
             "log_format": "console",
             "shutdown_grace_s": 2.0,
             "reconcile_interval_s": 0.5,
+            "tls_dir": dev_secrets().tls_dir("task-agent"),
+            **security_settings(),
         }
         fields.update(overrides)
         app = TaskAgentApp(TaskAgentSettings(**fields))
@@ -53,5 +55,5 @@ async def task_agent(make_task_agent: MakeAgent) -> TaskAgentApp:
 
 @pytest.fixture
 async def tasks_stub(task_agent: TaskAgentApp) -> AsyncIterator[tasks_pb2_grpc.TaskServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{task_agent.server.port}") as channel:
+    async with channel_to(task_agent.server.port) as channel:
         yield tasks_pb2_grpc.TaskServiceStub(channel)

@@ -5,10 +5,9 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import grpc
-
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from services.task_agent.app import TaskAgentApp
+from tests.secure import channel_to
 
 S = tasks_pb2
 
@@ -47,5 +46,5 @@ def terminal(task: tasks_pb2.Task) -> bool:
 
 @asynccontextmanager
 async def stub_for(app: TaskAgentApp) -> AsyncIterator[tasks_pb2_grpc.TaskServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}") as channel:
+    async with channel_to(app.server.port) as channel:
         yield tasks_pb2_grpc.TaskServiceStub(channel)

@@ -9,6 +9,7 @@ import pytest
 from agentry.agents.v1 import agents_pb2, agents_pb2_grpc
 from services.orchestrator.app import OrchestratorApp
 from services.orchestrator.settings import OrchestratorSettings
+from tests.secure import channel_to, dev_secrets, security_settings
 
 A = agents_pb2
 
@@ -24,6 +25,8 @@ async def orchestrator(clean_db: str, redis_url: str, redis_prefix: str):
             migrate_on_start=False,
             instance="orchestrator-test",
             log_format="console",
+            tls_dir=dev_secrets().tls_dir("orchestrator"),
+            **security_settings(),
         )
     )
     await app.start()
@@ -50,7 +53,7 @@ async def test_a_task_agent_registers_and_reports_until_it_terminates(
 ) -> None:
     address = f"127.0.0.1:{orchestrator.server.port}"
     agent = await make_task_agent(registry_address=address, version="1.2.3")
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with channel_to(orchestrator.server.port, "orchestrator", role="viewer") as channel:
         stub = agents_pb2_grpc.AgentRegistryServiceStub(channel)
         found = await _until(stub, lambda f: agent.agent_id in f)
         record = found[agent.agent_id]
@@ -81,7 +84,9 @@ async def test_a_task_agent_registers_and_reports_until_it_terminates(
 async def test_bad_registrations_are_refused_and_store_nothing(
     orchestrator, agent, message
 ) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{orchestrator.server.port}") as channel:
+    async with channel_to(
+        orchestrator.server.port, "orchestrator", role=None, identity="orchestrator"
+    ) as channel:
         stub = agents_pb2_grpc.AgentRegistryServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.RegisterAgent(A.RegisterAgentRequest(agent=agent))
@@ -91,7 +96,9 @@ async def test_bad_registrations_are_refused_and_store_nothing(
 
 
 async def test_a_heartbeat_from_an_unknown_agent_is_not_found(orchestrator) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{orchestrator.server.port}") as channel:
+    async with channel_to(
+        orchestrator.server.port, "orchestrator", role=None, identity="orchestrator"
+    ) as channel:
         stub = agents_pb2_grpc.AgentRegistryServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Heartbeat(

@@ -8,6 +8,7 @@ from libs.common.events import EventBus
 from libs.common.redis_client import Keys, create_redis
 from services.analysis.app import AnalysisApp
 from services.analysis.settings import AnalysisSettings
+from tests.secure import dev_secrets, security_settings
 
 
 def _settings(database_url: str, redis_url: str, prefix: str) -> AnalysisSettings:
@@ -19,6 +20,8 @@ def _settings(database_url: str, redis_url: str, prefix: str) -> AnalysisSetting
         migrate_on_start=False,
         instance="analysis-test",
         log_format="console",
+        tls_dir=dev_secrets().tls_dir("analysis"),
+        **security_settings(),
     )
 
 

@@ -13,7 +13,6 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import grpc
 import pytest
 from structlog.testing import capture_logs
 
@@ -21,6 +20,7 @@ from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.redis_client import Keys, create_redis
 from services.task_agent.http_builtins import MAX_RESPONSE_BYTES, verify
 from services.task_agent.limits import RateLimiter
+from tests.secure import channel_to
 
 S = tasks_pb2
 SECRET = "whsec_do_not_leak_3f9a"
@@ -133,13 +133,13 @@ async def tasks_stub(make_task_agent) -> AsyncIterator[tasks_pb2_grpc.TaskServic
     agent = await make_task_agent(
         webhook_secrets={"shop": SECRET}, http_allow_private_networks=True
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+    async with channel_to(agent.server.port) as channel:
         yield tasks_pb2_grpc.TaskServiceStub(channel)
 
 
 async def test_private_networks_are_refused_by_default(make_task_agent, upstream) -> None:
     agent = await make_task_agent()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+    async with channel_to(agent.server.port) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
         url = upstream.script("/internal", Reply(200))
         task = await _submit(stub, "http.request", {"url": url})

@@ -52,7 +52,7 @@ async def test_an_older_state_never_overwrites_a_newer_one(
     newest = await agent.store.get(uuid.UUID(done.id))
     assert newest is not None
     client = redis.Redis.from_url(redis_url)
-    cache = TaskCache(client, Keys(redis_prefix), ttl_s=60)
+    cache = TaskCache(client, Keys(redis_prefix), ttl_s=60, keyring=agent.keyring)
     older = dataclasses.replace(newest, state=newest.state.QUEUED, version=newest.version - 1)
 
     await cache.put([older])

@@ -5,11 +5,11 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from tests.integration.task_client import in_state, until
+from tests.secure import channel_to
 
 S = tasks_pb2
 MODULES = ["services.task_agent.builtins", "tests.integration.handlers_for_tests"]
@@ -19,7 +19,7 @@ MODULES = ["services.task_agent.builtins", "tests.integration.handlers_for_tests
 async def replicas(make_task_agent) -> AsyncIterator[tasks_pb2_grpc.TaskServiceStub]:
     first = await make_task_agent(handler_modules=MODULES, concurrency=20)
     await make_task_agent(handler_modules=MODULES, concurrency=20)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.server.port}") as channel:
+    async with channel_to(first.server.port) as channel:
         yield tasks_pb2_grpc.TaskServiceStub(channel)
 
 
@@ -84,7 +84,7 @@ async def test_a_concurrency_key_never_runs_more_than_its_limit_at_once(replicas
 
 async def test_higher_priorities_start_first(make_task_agent) -> None:
     agent = await make_task_agent(concurrency=1, low_priority_first_every=1000)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+    async with channel_to(agent.server.port) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
         busy = await stub.SubmitTask(
             S.SubmitTaskRequest(task=S.TaskSpec(type="sleep", payload=b'{"seconds": 0.5}'))
@@ -101,7 +101,7 @@ async def test_higher_priorities_start_first(make_task_agent) -> None:
 
 async def test_low_priority_runs_while_high_priority_keeps_coming(make_task_agent) -> None:
     agent = await make_task_agent(concurrency=1, low_priority_first_every=10)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+    async with channel_to(agent.server.port) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
         busy = await stub.SubmitTask(
             S.SubmitTaskRequest(task=S.TaskSpec(type="sleep", payload=b'{"seconds": 0.3}'))
@@ -121,7 +121,7 @@ async def test_low_priority_runs_while_high_priority_keeps_coming(make_task_agen
 
 async def test_a_plain_function_runs_in_a_thread(make_task_agent) -> None:
     agent = await make_task_agent(handler_modules=MODULES, lease_s=0.6)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+    async with channel_to(agent.server.port) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
         quick = await stub.SubmitTask(
             S.SubmitTaskRequest(
@@ -136,7 +136,7 @@ async def test_a_cpu_heavy_handler_runs_in_another_process(make_task_agent) -> N
     import os
 
     agent = await make_task_agent(handler_modules=MODULES)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+    async with channel_to(agent.server.port) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
         submitted = await stub.SubmitTask(
             S.SubmitTaskRequest(task=S.TaskSpec(type="cpu.sum_squares", payload=b'{"n": 1000}'))
@@ -150,7 +150,7 @@ async def test_a_cpu_heavy_handler_runs_in_another_process(make_task_agent) -> N
 
 async def test_a_blocking_handler_is_cancelled_through_its_context(make_task_agent) -> None:
     agent = await make_task_agent(handler_modules=MODULES, lease_s=0.6)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.server.port}") as channel:
+    async with channel_to(agent.server.port) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
         submitted = await stub.SubmitTask(
             S.SubmitTaskRequest(task=S.TaskSpec(type="blocking.sleep", payload=b'{"seconds": 30}'))

@@ -14,10 +14,12 @@ import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from libs.common.crypto import Keyring
 from libs.common.db import create_engine
 from services.task_agent.app import TaskAgentApp
 from services.task_agent.store import TaskStore
 from tests.integration.task_client import in_state, spec, submit, terminal, until
+from tests.secure import channel_to, dev_secrets
 
 S = tasks_pb2
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -26,7 +28,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @asynccontextmanager
 async def _channel_to(app: TaskAgentApp) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}") as channel:
+    async with channel_to(app.server.port) as channel:
         yield channel
 
 
@@ -34,7 +36,7 @@ async def _channel_to(app: TaskAgentApp) -> AsyncIterator[grpc.aio.Channel]:
 async def other_store(clean_db: str) -> AsyncIterator[TaskStore]:
     """Postgres as another agent process sees it: its own engine on the same database."""
     engine = create_engine(clean_db)
-    yield TaskStore(engine)
+    yield TaskStore(engine, Keyring.from_file(dev_secrets().data_keys))
     await engine.dispose()
 
 

@@ -18,6 +18,7 @@ from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.redis_client import Keys
 from services.task_agent.app import TaskAgentApp
 from tests.integration.task_client import spec, submit, until
+from tests.secure import channel_to
 
 S = tasks_pb2
 QUICK_RETRY = S.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02)
@@ -53,7 +54,7 @@ async def _all_tasks(stub, **filters: object) -> list[tasks_pb2.Task]:
 
 @asynccontextmanager
 async def _stub_for(app: TaskAgentApp) -> AsyncIterator[tasks_pb2_grpc.TaskServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}") as channel:
+    async with channel_to(app.server.port) as channel:
         yield tasks_pb2_grpc.TaskServiceStub(channel)
 
 

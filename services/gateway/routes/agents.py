@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from agentry.agents.v1 import agents_pb2
-from services.gateway.auth import Viewer
+from services.gateway.auth import Authorized
 from services.gateway.clients import Services
 
 router = APIRouter(prefix="/v1", tags=["agents"])
@@ -47,7 +47,7 @@ class AgentList(BaseModel):
 @router.get("/agents", response_model=AgentList)
 async def list_agents(
     request: Request,
-    principal: Viewer,
+    principal: Authorized,
     role: str | None = Query(None, max_length=64),
 ) -> AgentList:
     services: Services = request.app.state.services

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Request, status
 
 from agentry.tasks.v1 import tasks_pb2
-from services.gateway.auth import Admin, Operator, Viewer
+from services.gateway.auth import Authorized
 from services.gateway.clients import Services
 from services.gateway.models import (
     BatchIn,
@@ -43,7 +43,7 @@ def _services(request: Request) -> Services:
 async def submit_task(
     request: Request,
     task: TaskIn,
-    principal: Operator,
+    principal: Authorized,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> TaskOut:
     services = _services(request)
@@ -55,7 +55,7 @@ async def submit_task(
 
 
 @router.post("/tasks/batch", status_code=status.HTTP_201_CREATED, response_model=BatchOut)
-async def submit_tasks(request: Request, batch: BatchIn, principal: Operator) -> BatchOut:
+async def submit_tasks(request: Request, batch: BatchIn, principal: Authorized) -> BatchOut:
     services = _services(request)
     reply = await services.call(
         services.tasks.SubmitTasks,
@@ -65,7 +65,7 @@ async def submit_tasks(request: Request, batch: BatchIn, principal: Operator) ->
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut)
-async def get_task(request: Request, task_id: str, principal: Viewer) -> TaskOut:
+async def get_task(request: Request, task_id: str, principal: Authorized) -> TaskOut:
     services = _services(request)
     reply = await services.call(services.tasks.GetTask, tasks_pb2.GetTaskRequest(task_id=task_id))
     return TaskOut.from_proto(reply.task)
@@ -74,7 +74,7 @@ async def get_task(request: Request, task_id: str, principal: Viewer) -> TaskOut
 @router.get("/tasks", response_model=TaskPage)
 async def list_tasks(
     request: Request,
-    principal: Viewer,
+    principal: Authorized,
     state: TaskState = None,
     type: str | None = None,
     queue: str | None = None,
@@ -104,7 +104,7 @@ async def list_tasks(
 async def cancel_task(
     request: Request,
     task_id: str,
-    principal: Operator,
+    principal: Authorized,
     body: Annotated[CancelIn | None, Body()] = None,
 ) -> TaskOut:
     services = _services(request)
@@ -118,7 +118,7 @@ async def cancel_task(
 @router.get("/dead-letters", response_model=DeadLetterPage)
 async def list_dead_letters(
     request: Request,
-    principal: Viewer,
+    principal: Authorized,
     type: str | None = None,
     queue: str | None = None,
     page_size: PageSize = 50,
@@ -145,7 +145,7 @@ async def list_dead_letters(
 async def redrive_dead_letter(
     request: Request,
     dead_letter_id: str,
-    principal: Operator,
+    principal: Authorized,
     body: Annotated[RedriveIn | None, Body()] = None,
 ) -> TaskOut:
     services = _services(request)
@@ -157,7 +157,7 @@ async def redrive_dead_letter(
 
 
 @router.post("/dead-letters/purge", response_model=PurgeOut)
-async def purge_dead_letters(request: Request, body: PurgeIn, principal: Admin) -> PurgeOut:
+async def purge_dead_letters(request: Request, body: PurgeIn, principal: Authorized) -> PurgeOut:
     services = _services(request)
     purge = tasks_pb2.PurgeDeadLettersRequest(queue=body.queue or "", type=body.type or "")
     if body.older_than is not None:
@@ -167,14 +167,14 @@ async def purge_dead_letters(request: Request, body: PurgeIn, principal: Admin) 
 
 
 @router.get("/task-types", response_model=TaskTypeList)
-async def list_task_types(request: Request, principal: Viewer) -> TaskTypeList:
+async def list_task_types(request: Request, principal: Authorized) -> TaskTypeList:
     services = _services(request)
     reply = await services.call(services.tasks.ListTaskTypes, tasks_pb2.ListTaskTypesRequest())
     return TaskTypeList(items=[TaskTypeOut.from_proto(t) for t in reply.task_types])
 
 
 @router.get("/queues", response_model=QueueStatsList)
-async def queue_stats(request: Request, principal: Viewer) -> QueueStatsList:
+async def queue_stats(request: Request, principal: Authorized) -> QueueStatsList:
     services = _services(request)
     reply = await services.call(services.tasks.GetQueueStats, tasks_pb2.GetQueueStatsRequest())
     return QueueStatsList(

@@ -1,0 +1,3 @@
+from libs.common.migrations import run_env
+
+run_env(schema="audit")
