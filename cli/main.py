@@ -1,8 +1,12 @@
 """`agentry`: the operator's command line.
 
     agentry audit verify          the gateway checks the audit chain (admin token)
-    agentry keys new              a fresh data key becomes the write key (older ones still read)
+    agentry keys new              adds a fresh data key, for reading only
+    agentry keys use KID          makes that key the one that writes
     agentry keys rotate           re-encrypts stored values under the write key, in batches
+
+Rotation: `keys new`, restart the services (all now read the new key), `keys use KID`,
+restart again (all now write with it), `keys rotate`; then the old key may leave the file.
 
 REST commands read AGENTRY_URL and AGENTRY_TOKEN; the key commands run where a task agent
 would (DATABASE_URL, AGENTRY_DATA_KEYS_FILE), as a one-off job beside the live agents."""
@@ -12,13 +16,14 @@ import asyncio
 import getpass
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.audit import AuditEntry, AuditLog
-from libs.common.crypto import add_key, keyring_from_settings
+from libs.common.crypto import add_key, keyring_from_settings, use_key
 from libs.common.db import create_engine
 from services.task_agent.key_rotation import rotate
 from services.task_agent.settings import TaskAgentSettings
@@ -61,12 +66,24 @@ def audit_verify(_: argparse.Namespace) -> int:
     return 1
 
 
-def keys_new(_: argparse.Namespace) -> int:
-    settings = TaskAgentSettings()
-    if settings.data_keys_file is None:
+def _keys_file() -> Path:
+    path = TaskAgentSettings().data_keys_file
+    if path is None:
         raise SystemExit("AGENTRY_DATA_KEYS_FILE is not set")
-    kid = add_key(settings.data_keys_file)
-    _out(f"new write key {kid} in {settings.data_keys_file}; restart the services to use it")
+    return path
+
+
+def keys_new(_: argparse.Namespace) -> int:
+    path = _keys_file()
+    kid = add_key(path)
+    _out(f"new key {kid} in {path}, for reading; restart the services, then `keys use {kid}`")
+    return 0
+
+
+def keys_use(args: argparse.Namespace) -> int:
+    path = _keys_file()
+    use_key(path, args.kid)
+    _out(f"{args.kid} now writes; restart the services, then `keys rotate`")
     return 0
 
 
@@ -103,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="the audit log").add_subparsers(required=True)
     audit.add_parser("verify", help="check the hash chain").set_defaults(run=audit_verify)
     keys = commands.add_parser("keys", help="data keys").add_subparsers(required=True)
-    keys.add_parser("new", help="add a write key").set_defaults(run=keys_new)
+    keys.add_parser("new", help="add a key, for reading").set_defaults(run=keys_new)
+    using = keys.add_parser("use", help="make a key the one that writes")
+    using.add_argument("kid")
+    using.set_defaults(run=keys_use)
     rotating = keys.add_parser("rotate", help="re-encrypt under the write key")
     rotating.add_argument("--batch-size", type=int, default=500)
     rotating.set_defaults(run=keys_rotate)

@@ -148,12 +148,21 @@ def generate_key_file(path: Path) -> str:
 
 
 def add_key(path: Path) -> str:
-    """Adds a fresh key to the file and makes it the write key; the others stay, to read
-    what they sealed until it is rotated. Answers the new key's id."""
-    _, keys = _read_key_file(path)
+    """Adds a fresh key to the file, for reading only: once every process has it, `use_key`
+    makes it the writer (so no process meets a value under a key it does not hold yet).
+    Answers the new key's id."""
+    write, keys = _read_key_file(path)
     kid = _new_kid()
-    _replace(path, kid, {**keys, kid: AESGCM.generate_key(bit_length=256)})
+    _replace(path, write, {**keys, kid: AESGCM.generate_key(bit_length=256)})
     return kid
+
+
+def use_key(path: Path, kid: str) -> None:
+    """Makes `kid`, already in the file, the write key."""
+    _, keys = _read_key_file(path)
+    if kid not in keys:
+        raise ValueError(f"no data key {kid!r} in {path}")
+    _replace(path, kid, keys)
 
 
 def remove_key(path: Path, kid: str) -> None:

@@ -6,27 +6,18 @@ rotated with the rest.
 Runs beside live agents: rows are read in batches in id order (keyset pagination), and each
 value is replaced only if it still holds what was read (compare-and-set), so a value that
 changed meanwhile is left to its writer. Values already under the write key are skipped: a
-second run rewrites nothing.
+second run rewrites nothing. Operators run it as `agentry keys rotate`."""
 
-    AGENTRY_DATA_KEYS_FILE=... python -m services.task_agent.key_rotation
-"""
-
-import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.crypto import Keyring, Undecryptable, keyring_from_settings
+from libs.common.crypto import Keyring
 from libs.common.db import create_engine
-from libs.common.logging import configure_logging
-from services.task_agent.settings import TaskAgentSettings
 from services.task_agent.tables import payload_aad, result_aad, tasks
-
-log = structlog.get_logger(__name__)
 
 _FIELDS: dict[str, Callable[[uuid.UUID], bytes]] = {"payload": payload_aad, "result": result_aad}
 
@@ -93,20 +84,3 @@ async def _reseal(
         {"ids": ids, "old": old, "new": new},
     )
     return done.rowcount
-
-
-def main() -> None:
-    settings = TaskAgentSettings()
-    configure_logging("key_rotation", settings.instance, settings.log_format, settings.log_level)
-    keyring = keyring_from_settings(settings)
-    if not keyring.enabled:
-        raise SystemExit("nothing to rotate to: encryption at rest is disabled")
-    try:
-        rewritten = asyncio.run(rotate(settings.database_url, keyring))
-    except Undecryptable as exc:
-        raise SystemExit(f"rotation stopped: {exc}") from None
-    log.info("rotation done", write_key=keyring.write_key_id, rewritten=rewritten)
-
-
-if __name__ == "__main__":
-    main()

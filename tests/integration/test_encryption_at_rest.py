@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as redis
 
 from agentry.tasks.v1 import tasks_pb2
-from libs.common.crypto import Keyring, add_key, generate_key_file, remove_key
+from libs.common.crypto import Keyring, add_key, generate_key_file, remove_key, use_key
 from libs.common.redis_client import Keys
 from services.task_agent.key_rotation import rotate
 from tests.integration.conftest import MakeAgent
@@ -114,6 +114,7 @@ async def test_rotation_reseals_every_value_under_the_new_key_and_the_old_key_ca
     assert before[first.id] == (b'{"n": 1}', b'{"n":1}')
 
     new_key = add_key(data_keys)
+    use_key(data_keys, new_key)
     keyring = Keyring.from_file(data_keys)
     rewritten = await rotate(agent.settings.database_url, keyring, batch_size=2)
 
@@ -203,12 +204,15 @@ def test_a_new_key_file_is_private_and_holds_one_write_key(tmp_path: Path) -> No
         generate_key_file(path)
 
 
-def test_an_added_key_writes_and_the_older_ones_still_read(tmp_path: Path) -> None:
+def test_an_added_key_reads_then_writes_and_the_older_ones_still_read(tmp_path: Path) -> None:
     path = tmp_path / "data-keys.json"
     old = generate_key_file(path)
     sealed = Keyring.from_file(path).encrypt(b'{"n": 1}', b"aad")
 
     new = add_key(path)
+    # Added for reading only, until every process holds it.
+    assert Keyring.from_file(path).write_key_id == old
+    use_key(path, new)
 
     keyring = Keyring.from_file(path)
     assert keyring.write_key_id == new and keyring.key_ids == sorted([old, new])
