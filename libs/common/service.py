@@ -15,7 +15,7 @@ from libs.common.grpc_server import GrpcServer, ServiceBinding, stop_on_signals
 from libs.common.lifecycle import SERVING_STATES, AgentState, Lifecycle
 from libs.common.migrations import upgrade
 from libs.common.registration import RegistryReporter
-from libs.common.security import load_security
+from libs.common.security import Security, load_security
 from libs.common.settings import GrpcServerSettings
 from libs.common.waiting import pause
 
@@ -58,11 +58,13 @@ class GrpcApp:
         settings: GrpcServerSettings,
         services: Sequence[ServiceBinding],
         migrations: Path | None,
+        security: Security | None = None,
     ) -> None:
+        """`security`: when the subclass needed it first (for its own clients)."""
         self.settings = settings
         self.agent_id = f"{self.role}/{settings.instance}"
         self.lifecycle = Lifecycle()
-        self.security = load_security(settings)
+        self.security = security or load_security(settings)
         self._audit_engine = create_engine(settings.database_url, pool_size=2)
         self.audit = AuditLog(self._audit_engine)
         identity = self.security.identity

@@ -19,7 +19,7 @@ from libs.common.security import load_security
 from services.gateway import problems
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.clients import Services
-from services.gateway.routes import agents, audit, tasks
+from services.gateway.routes import agents, audit, tasks, workflows
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -102,6 +102,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(agents.router)
     app.include_router(audit.router)
+    app.include_router(workflows.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

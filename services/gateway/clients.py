@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentry.agents.v1 import agents_pb2_grpc
 from agentry.tasks.v1 import tasks_pb2_grpc
+from agentry.workflows.v1 import workflows_pb2_grpc
 from libs.common.channels import ServiceChannel
 from libs.common.grpc_errors import from_rpc_error
 from libs.common.identity import AgentIdentity
@@ -33,6 +34,10 @@ class Services:
     @property
     def tasks(self) -> tasks_pb2_grpc.TaskServiceStub:
         return self._task_channel.stub(tasks_pb2_grpc.TaskServiceStub)
+
+    @property
+    def workflows(self) -> workflows_pb2_grpc.WorkflowServiceStub:
+        return self._orchestrator_channel.stub(workflows_pb2_grpc.WorkflowServiceStub)
 
     @property
     def agents(self) -> agents_pb2_grpc.AgentRegistryServiceStub:

@@ -1,31 +1,61 @@
-"""The orchestrator process: the agent registry, and WorkflowService (whose RPCs answer
-UNIMPLEMENTED until the workflow issue builds them)."""
+"""The orchestrator process: WorkflowService (runs advanced from the durable event stream,
+a reconciler, schedules and event triggers) and the agent registry."""
 
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import structlog
+
 from agentry.agents.v1 import agents_pb2, agents_pb2_grpc
+from agentry.events.v1 import events_pb2
 from agentry.workflows.v1 import workflows_pb2, workflows_pb2_grpc
+from libs.common.crypto import keyring_from_settings
 from libs.common.db import create_engine
-from libs.common.service import GrpcApp
+from libs.common.events import EventBus, EventConsumer, event_time, events_of
+from libs.common.lifecycle import AgentState
+from libs.common.redis_client import Keys, create_redis
+from libs.common.security import load_security
+from libs.common.service import GrpcApp, Loop
+from libs.common.waiting import pause
 from services.orchestrator.agent_store import AgentStore
+from services.orchestrator.definition import WorkflowDef, cron_matches, load_definition
+from services.orchestrator.run_store import RunStore
+from services.orchestrator.runs import Runs
 from services.orchestrator.servicer import AgentRegistryServicer
 from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.task_client import TaskClient, TaskEnd
+from services.orchestrator.workflow_servicer import WorkflowServicer
+
+log = structlog.get_logger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONSUMER_GROUP = "orchestrator"
+_ENDS = {"task.succeeded": "SUCCEEDED", "task.failed": "FAILED", "task.cancelled": "CANCELLED"}
 
 
 class OrchestratorApp(GrpcApp):
     role = "orchestrator"
 
     def __init__(self, settings: OrchestratorSettings) -> None:
-        self._engine = create_engine(settings.database_url, pool_size=4)
+        self._engine = create_engine(settings.database_url, pool_size=8)
+        self._redis = create_redis(settings.redis_url)
+        keys = Keys(settings.redis_prefix)
+        self.events = EventBus(self._redis, keys, source=f"orchestrator/{settings.instance}")
+        self._orchestrator_settings = settings
+        security = load_security(settings)
+        self.tasks = TaskClient(
+            settings.task_service_address, security.identity, settings.rpc_timeout_s
+        )
+        store = RunStore(self._engine, keyring_from_settings(settings))
+        self.runs = Runs(store, self.tasks, self.events)
         super().__init__(
             settings,
             [
                 (
                     workflows_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                    # Answers UNIMPLEMENTED until the workflow issue (#5) builds it.
-                    workflows_pb2_grpc.WorkflowServiceServicer(),  # type: ignore[abstract]
+                    WorkflowServicer(self.runs, self.events),
                     workflows_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
                 ),
                 (
@@ -35,7 +65,116 @@ class OrchestratorApp(GrpcApp):
                 ),
             ],
             MIGRATIONS,
+            security,
         )
+        self._consumer = EventConsumer(
+            self._redis,
+            keys,
+            group=CONSUMER_GROUP,
+            consumer=settings.instance,
+            batch=settings.event_batch,
+        )
+        self._triggered: dict[str, list[str]] = {}
+        self._scheduled: dict[str, str] = {}
+
+    def loops(self) -> dict[str, Loop]:
+        return {
+            "follow-tasks": self._follow_tasks,
+            "reconcile": self._reconcile,
+            "definitions": self._refresh_definitions,
+            "schedules": self._fire_schedules,
+        }
+
+    async def _follow_tasks(self) -> None:
+        """Task ends (and events that trigger workflows) from the durable stream, in the
+        group every orchestrator shares: each once, none lost across a crash."""
+        await self._consumer.ensure_group()
+        while not self._stop.is_set():
+            deliveries = await self._consumer.read()
+            await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
+            events = events_of(deliveries)
+            await self.runs.tasks_ended(await self._ends(events))
+            await self._trigger(events)
+            await self._consumer.ack(deliveries)
+
+    async def _ends(self, events: list[events_pb2.Event]) -> list[tuple[uuid.UUID, TaskEnd]]:
+        ends: list[tuple[uuid.UUID, TaskEnd]] = []
+        succeeded: dict[uuid.UUID, uuid.UUID] = {}
+        for event in events:
+            state = _ENDS.get(event.type)
+            if state is None:
+                continue
+            data = json.loads(event.data)
+            run = (data.get("labels") or {}).get("run")
+            if not run:
+                continue
+            task_id = uuid.UUID(data["id"])
+            if state == "SUCCEEDED":
+                succeeded[task_id] = uuid.UUID(run)  # its result is read from TaskService
+            else:
+                error = data.get("error") or data.get("reason") or state.lower()
+                ends.append((uuid.UUID(run), TaskEnd(task_id, state, error=error)))
+        for end in await self.tasks.ends(list(succeeded)):
+            ends.append((succeeded[end.task_id], end))
+        return ends
+
+    async def _trigger(self, events: list[events_pb2.Event]) -> None:
+        for event in events:
+            # A run's own events never start runs: no workflow can trigger itself forever.
+            if event.type.startswith(("run.", "step.")):
+                continue
+            for name in self._triggered.get(event.type, ()):
+                run_input = {
+                    "event": {
+                        "id": event.id,
+                        "type": event.type,
+                        "subject": event.subject,
+                        "time": event_time(event),
+                        "data": json.loads(event.data) if event.data else None,
+                    }
+                }
+                await self.runs.start(
+                    name, 0, json.dumps(run_input).encode(), f"trigger:{name}:{event.id}"
+                )
+
+    async def _reconcile(self) -> None:
+        settings = self._orchestrator_settings
+        while not self._stop.is_set():
+            await self.runs.reconcile(settings.stale_run_s)
+            await pause(self._stop, settings.reconcile_interval_s)
+
+    async def _refresh_definitions(self) -> None:
+        """Which workflows events trigger and which run on a schedule (latest versions)."""
+        while not self._stop.is_set():
+            triggered: dict[str, list[str]] = {}
+            scheduled: dict[str, str] = {}
+            after = ""
+            while page := await self.runs.workflows(after, 500):
+                for record in page:
+                    defn: WorkflowDef = load_definition(record.name, record.definition)
+                    for event_type in defn.triggers:
+                        triggered.setdefault(event_type, []).append(record.name)
+                    if defn.schedule:
+                        scheduled[record.name] = defn.schedule
+                after = page[-1].name
+            self._triggered, self._scheduled = triggered, scheduled
+            await pause(self._stop, self._orchestrator_settings.definitions_refresh_s)
+
+    async def _fire_schedules(self) -> None:
+        """Each minute, a run of every workflow whose schedule matches it. Every
+        orchestrator tries; the run's idempotency key (workflow and minute) lets one win."""
+        while not self._stop.is_set():
+            now = datetime.now(UTC)
+            minute = now.replace(second=0, microsecond=0)
+            for name, schedule in list(self._scheduled.items()):
+                if cron_matches(schedule, minute):
+                    run_input = {"scheduled_at": minute.isoformat()}
+                    key = f"schedule:{name}:{minute.isoformat()}"
+                    await self.runs.start(name, 0, json.dumps(run_input).encode(), key)
+            next_minute = minute + timedelta(minutes=1)
+            await pause(self._stop, (next_minute - datetime.now(UTC)).total_seconds() + 0.05)
 
     async def close(self) -> None:
+        await self.tasks.close()
+        await self._redis.aclose()
         await self._engine.dispose()

@@ -22,6 +22,7 @@ def task_event_data(task: Task) -> dict[str, Any]:
         "agent": task.agent,
         "error": task.error_message,
         "reason": task.error_reason,
+        "labels": task.labels,
         "created_at": task.created_at.timestamp(),
         "started_at": task.started_at.timestamp() if task.started_at else None,
         "finished_at": task.finished_at.timestamp() if task.finished_at else None,

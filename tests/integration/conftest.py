@@ -5,6 +5,8 @@ from typing import Any
 import pytest
 
 from agentry.tasks.v1 import tasks_pb2_grpc
+from services.orchestrator.app import OrchestratorApp
+from services.orchestrator.settings import OrchestratorSettings
 from services.task_agent.app import TaskAgentApp
 from services.task_agent.settings import TaskAgentSettings
 from tests.secure import channel_to, dev_secrets, security_settings
@@ -38,6 +40,44 @@ async def make_task_agent(
         }
         fields.update(overrides)
         app = TaskAgentApp(TaskAgentSettings(**fields))
+        await app.start()
+        running.append(app)
+        return app
+
+    yield make
+    for app in running:
+        if app.lifecycle.state.value != "TERMINATED":
+            await app.stop()
+
+
+MakeOrchestrator = Callable[..., Awaitable[OrchestratorApp]]
+
+
+@pytest.fixture
+async def make_orchestrator(
+    clean_db: str, redis_url: str, redis_prefix: str
+) -> AsyncIterator[MakeOrchestrator]:
+    """Starts real orchestrators in this process, on this test's database and Redis
+    prefix; `task_agent` is the one whose TaskService they call."""
+    running: list[OrchestratorApp] = []
+
+    async def make(task_agent: TaskAgentApp | None = None, **overrides: Any) -> OrchestratorApp:
+        fields: dict[str, Any] = {
+            "database_url": clean_db,
+            "redis_url": redis_url,
+            "redis_prefix": redis_prefix,
+            "grpc_port": 0,
+            "migrate_on_start": False,
+            "instance": f"orchestrator-{next(_instances)}",
+            "log_format": "console",
+            "shutdown_grace_s": 2.0,
+            "tls_dir": dev_secrets().tls_dir("orchestrator"),
+            **security_settings(),
+        }
+        if task_agent is not None:
+            fields["task_service_address"] = f"127.0.0.1:{task_agent.server.port}"
+        fields.update(overrides)
+        app = OrchestratorApp(OrchestratorSettings(**fields))
         await app.start()
         running.append(app)
         return app

@@ -1,10 +1,11 @@
-"""Task types with shared limits, served by the agents of the limit tests."""
+"""Task types of the tests: shared limits, blocking and CPU-bound handlers, and faults."""
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
-from services.task_agent.handlers import TaskContext, task
+from services.task_agent.handlers import NonRetryableError, TaskContext, task
 
 
 @task("limited.rate", rate_limit_per_s=4)
@@ -36,3 +37,11 @@ def sum_squares(payload: Any) -> Any:
     import os
 
     return {"sum": sum(i * i for i in range(int(payload["n"]))), "pid": os.getpid()}
+
+
+@task("needs.file")
+def needs_file(payload: Any, ctx: TaskContext) -> Any:
+    """Fails for good until the file it names exists: an outside fault fixed by hand."""
+    if not Path(payload["path"]).exists():
+        raise NonRetryableError(f"{payload['path']} is missing")
+    return {"found": payload["path"]}

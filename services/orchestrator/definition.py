@@ -1,0 +1,686 @@
+"""Workflow definitions: their shape, the rules a definition must pass before the orchestrator
+accepts it, the `{"$ref": ...}` templates that carry values between steps, and the small cron
+dialect that schedules runs.
+
+A definition is data, never code: a reference names a value and is never evaluated.
+"""
+
+import copy
+import dataclasses
+import difflib
+import heapq
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import yaml
+
+from libs.common.errors import InvalidArgument
+
+MAX_DEFINITION_BYTES = 256 * 1024
+MAX_STEPS = 500
+MAX_STEP_TIMEOUT_S = 86_400.0
+MAX_WORKFLOW_TIMEOUT_S = 30 * 86_400.0
+MAX_ATTEMPTS = 100
+# YAML aliases can expand a small document into a huge (or self-containing) one, so the parsed
+# value is bounded too, not only its bytes.
+_MAX_NODES = 200_000
+_MAX_DEPTH = 64
+
+_WORKFLOW_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_STEP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_EVENT_TYPE = re.compile(r"[a-z]+(\.[a-z_]+)+")
+_INDEX = re.compile(r"[0-9]+")
+_WORKFLOW_KEYS = ("name", "timeout_s", "steps", "on_failure", "triggers", "schedule")
+_STEP_KEYS = (
+    "name", "type", "input", "depends_on", "for_each", "when", "retry", "timeout_s", "fallback",
+    "queue",
+)  # fmt: skip
+_RETRY_KEYS = ("max_attempts", "initial_backoff_s", "max_backoff_s")
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    max_attempts: int = 3
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class StepDef:
+    name: str
+    type: str
+    input: Any = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    for_each: Any | None = None
+    when: Any | None = None
+    retry: RetrySpec | None = None
+    timeout_s: float | None = None
+    fallback: str | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    name: str
+    steps: tuple[StepDef, ...]
+    timeout_s: float | None = None
+    on_failure: StepDef | None = None
+    triggers: tuple[str, ...] = ()
+    schedule: str | None = None
+    _by_name: dict[str, StepDef] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name = {s.name: s for s in self.steps}
+        if self.on_failure is not None:
+            by_name.setdefault(self.on_failure.name, self.on_failure)
+        object.__setattr__(self, "_by_name", by_name)
+
+    def step(self, name: str) -> StepDef:
+        """The step called `name`, the on_failure step included."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise InvalidArgument(f'workflow "{self.name}" has no step "{name}"') from None
+
+    def roots(self) -> list[str]:
+        return [s.name for s in self.steps if not s.depends_on]
+
+    def dependents(self, name: str) -> list[str]:
+        return [s.name for s in self.steps if name in s.depends_on]
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every step `name` depends on, directly or through other steps."""
+        seen: set[str] = set()
+        todo = list(self.step(name).depends_on)
+        while todo:
+            dep = todo.pop()
+            if dep not in seen:
+                seen.add(dep)
+                todo.extend(self.step(dep).depends_on)
+        return seen
+
+    def order(self) -> list[str]:
+        """A topological order that keeps definition order wherever the dependencies allow."""
+        position = {s.name: i for i, s in enumerate(self.steps)}
+        waiting = {s.name: len(set(s.depends_on)) for s in self.steps}
+        ready = [i for i, s in enumerate(self.steps) if not s.depends_on]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            name = self.steps[heapq.heappop(ready)].name
+            order.append(name)
+            for dependent in self.dependents(name):
+                waiting[dependent] -= 1
+                if not waiting[dependent]:
+                    heapq.heappush(ready, position[dependent])
+        return order
+
+
+def parse_definition(name: str, raw: bytes, known_types: set[str] | None) -> WorkflowDef:
+    """A JSON or YAML definition, registered as `name`, checked and normalized. With
+    `known_types`, every step's type and fallback must be served by some agent."""
+    if len(raw) > MAX_DEFINITION_BYTES:
+        raise InvalidArgument(
+            f"a workflow definition is limited to {MAX_DEFINITION_BYTES // 1024} KiB; "
+            f"this one is {len(raw)} bytes"
+        )
+    return _build(name, _load_document(raw), known_types)
+
+
+def load_definition(name: str, raw: bytes) -> WorkflowDef:
+    """A definition as `dump_definition` stored it; agents may have come and gone since, so
+    types are not checked again."""
+    return _build(name, _load_document(raw), None)
+
+
+def dump_definition(defn: WorkflowDef) -> bytes:
+    """Canonical JSON of a definition: sorted keys, defaults filled in, absent fields left out."""
+    doc: dict[str, Any] = {"name": defn.name, "steps": [_step_doc(s) for s in defn.steps]}
+    if defn.timeout_s is not None:
+        doc["timeout_s"] = defn.timeout_s
+    if defn.on_failure is not None:
+        doc["on_failure"] = _step_doc(defn.on_failure)
+    if defn.triggers:
+        doc["triggers"] = list(defn.triggers)
+    if defn.schedule is not None:
+        doc["schedule"] = defn.schedule
+    # ASCII keeps lone surrogates and control characters as escapes, so it reads back exactly.
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return text.encode("ascii")
+
+
+def _step_doc(step: StepDef) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": step.name, "type": step.type, "input": step.input}
+    if step.depends_on:
+        doc["depends_on"] = list(step.depends_on)
+    if step.retry is not None:
+        doc["retry"] = dataclasses.asdict(step.retry)
+    for key in ("for_each", "when", "timeout_s", "fallback", "queue"):
+        if getattr(step, key) is not None:
+            doc[key] = getattr(step, key)
+    return doc
+
+
+# --- Reading the document ----------------------------------------------------------------------
+
+
+def _load_document(raw: bytes) -> Any:
+    try:
+        # JSON first: it is what we store, and YAML reads some JSON escapes differently.
+        doc = json.loads(raw)
+    except RecursionError:
+        raise InvalidArgument("the definition is nested too deeply") from None
+    except ValueError:
+        try:
+            doc = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(exc).split())
+            raise InvalidArgument(f"the definition is neither JSON nor YAML: {problem}") from None
+        except RecursionError:
+            raise InvalidArgument("the definition is nested too deeply") from None
+    _check_json(doc)
+    return doc
+
+
+def _check_json(doc: Any) -> None:
+    """Only what JSON can say: YAML also makes dates, sets, binary and non-string keys."""
+    nodes = 0
+    stack: list[tuple[Any, str, int]] = [(doc, "the definition", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        nodes += 1
+        if nodes > _MAX_NODES:
+            raise InvalidArgument("the definition is too large once its YAML aliases are expanded")
+        if depth > _MAX_DEPTH:
+            raise InvalidArgument(f"the definition is nested more than {_MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidArgument(f"{where}: key {key!r} is not a string; quote it")
+                _check_text(key, where)
+                stack.append((item, f"{where}.{key}", depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}.{i}", depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, where)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidArgument(f"{where}: {value} is not a JSON number")
+        elif value is not None and not isinstance(value, bool | int | float):
+            raise InvalidArgument(f"{where}: {str(value)[:40]} is not a JSON value; quote it")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{where}: a string holds a lone surrogate") from None
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str)[:60]
+
+
+def _check_keys(obj: Mapping[str, Any], allowed: tuple[str, ...], label: str) -> None:
+    """Refuses unknown keys, which are mostly typos of known ones."""
+    for key in obj:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise InvalidArgument(f'{label}: unknown key "{key}"{hint}')
+
+
+def _build(name: str, doc: Any, known_types: set[str] | None) -> WorkflowDef:
+    if not _WORKFLOW_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"workflow name {_show(name)} must be 1-63 lowercase letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit"
+        )
+    if not isinstance(doc, dict):
+        raise InvalidArgument("a workflow definition must be an object")
+    label = f'workflow "{name}"'
+    _check_keys(doc, _WORKFLOW_KEYS, label)
+    if doc.get("name", name) != name:
+        raise InvalidArgument(f"{label}: the definition names itself {_show(doc['name'])}")
+    raw_steps = doc.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise InvalidArgument(f"{label}: steps must be a non-empty list")
+    if len(raw_steps) > MAX_STEPS:
+        raise InvalidArgument(f"{label}: {len(raw_steps)} steps; the limit is {MAX_STEPS}")
+
+    names: list[str] = []
+    for i, raw in enumerate(raw_steps):
+        names.append(_step_name(raw, f"step #{i + 1}", names))
+    raw_failure = doc.get("on_failure")
+    failure_name = None
+    if raw_failure is not None:
+        failure_name = _step_name(raw_failure, "on_failure", names)
+
+    steps = tuple(
+        _step(raw, f'step "{n}"', known_types, set(names))
+        for n, raw in zip(names, raw_steps, strict=True)
+    )
+    cycle = _find_cycle(steps)
+    if cycle:
+        path = " -> ".join(f'"{n}"' for n in cycle)
+        raise InvalidArgument(f"steps depend on each other in a cycle: {path}")
+    on_failure = None
+    if raw_failure is not None:
+        on_failure = _step(raw_failure, f'on_failure step "{failure_name}"', known_types, None)
+
+    defn = WorkflowDef(
+        name=name,
+        steps=steps,
+        timeout_s=_seconds(doc.get("timeout_s"), label, "timeout_s", MAX_WORKFLOW_TIMEOUT_S),
+        on_failure=on_failure,
+        triggers=_triggers(doc.get("triggers"), label),
+        schedule=_schedule(doc.get("schedule"), label),
+    )
+    for step in steps:
+        _check_references(step, f'step "{step.name}"', defn.ancestors(step.name), set(names))
+    if on_failure is not None:
+        _check_references(on_failure, f'on_failure step "{on_failure.name}"', None, set(names))
+    return defn
+
+
+def _step_name(raw: Any, label: str, taken: list[str]) -> str:
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{label} must be an object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _STEP_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"{label}: name {_show(name)} must be 1-64 letters, digits, '_' or '-'"
+        )
+    if name in taken:
+        raise InvalidArgument(f'{label}: another step is already named "{name}"')
+    return name
+
+
+def _step(
+    raw: dict[str, Any], label: str, known_types: set[str] | None, step_names: set[str] | None
+) -> StepDef:
+    """One step, references aside. `step_names` is None for the on_failure step."""
+    _check_keys(raw, _STEP_KEYS, label)
+    name = raw["name"]
+    depends_on: tuple[str, ...] = ()
+    if step_names is None:
+        # It runs once the run has failed, whatever failed: there is nothing to wait for.
+        for key in ("depends_on", "for_each"):
+            if raw.get(key) is not None:
+                raise InvalidArgument(f"{label}: on_failure cannot have {key}")
+    else:
+        depends_on = _depends_on(raw.get("depends_on"), label, name, step_names)
+    for_each = raw.get("for_each")
+    if for_each is not None and not (isinstance(for_each, dict) and "$ref" in for_each):
+        raise InvalidArgument(f'{label}: for_each must be a {{"$ref": ...}} naming a list')
+    when = raw.get("when")
+    if isinstance(when, list) or (isinstance(when, dict) and "$ref" not in when):
+        raise InvalidArgument(
+            f'{label}: when must be true, false, a number, a string or a {{"$ref": ...}}'
+        )
+    queue = raw.get("queue")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise InvalidArgument(f"{label}: queue must be a non-empty string")
+    fallback = raw.get("fallback")
+    return StepDef(
+        name=name,
+        type=_type_name(raw.get("type"), label, "type", known_types),
+        input=raw.get("input", {}),
+        depends_on=depends_on,
+        for_each=for_each,
+        when=when,
+        retry=_retry(raw.get("retry"), label),
+        timeout_s=_seconds(raw.get("timeout_s"), label, "timeout_s", MAX_STEP_TIMEOUT_S),
+        fallback=None if fallback is None else _type_name(fallback, label, "fallback", known_types),
+        queue=queue,
+    )
+
+
+def _type_name(value: Any, label: str, key: str, known_types: set[str] | None) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{label}: {key} must be a non-empty string")
+    if known_types is not None and value not in known_types:
+        raise InvalidArgument(f'{label}: no agent serves type "{value}"')
+    return value
+
+
+def _depends_on(value: Any, label: str, name: str, step_names: set[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{label}: depends_on must be a list of step names")
+    seen: list[str] = []
+    for dep in value:
+        if not isinstance(dep, str) or dep not in step_names:
+            raise InvalidArgument(f"{label}: depends_on names unknown step {_show(dep)}")
+        if dep == name:
+            raise InvalidArgument(f"{label}: depends on itself")
+        if dep in seen:
+            raise InvalidArgument(f'{label}: depends_on names "{dep}" twice')
+        seen.append(dep)
+    return tuple(seen)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _seconds(value: Any, label: str, key: str, limit: float) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value) or not 0 < value <= limit:
+        raise InvalidArgument(
+            f"{label}: {key} must be a number of seconds above 0 and at most {limit:g}, "
+            f"not {_show(value)}"
+        )
+    return float(value)
+
+
+def _retry(value: Any, label: str) -> RetrySpec | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{label}: retry must be an object")
+    _check_keys(value, _RETRY_KEYS, f"{label} retry")
+    attempts = value.get("max_attempts", RetrySpec.max_attempts)
+    if type(attempts) is not int or not 1 <= attempts <= MAX_ATTEMPTS:
+        raise InvalidArgument(
+            f"{label}: retry max_attempts must be a whole number from 1 to {MAX_ATTEMPTS}, "
+            f"not {_show(attempts)}"
+        )
+    backoffs = []
+    for key in ("initial_backoff_s", "max_backoff_s"):
+        backoff = value.get(key, getattr(RetrySpec, key))
+        if not _is_number(backoff) or not 0 <= backoff <= MAX_STEP_TIMEOUT_S:
+            raise InvalidArgument(
+                f"{label}: retry {key} must be a number of seconds from 0 to "
+                f"{MAX_STEP_TIMEOUT_S:g}, not {_show(backoff)}"
+            )
+        backoffs.append(float(backoff))
+    if backoffs[0] > backoffs[1]:
+        raise InvalidArgument(
+            f"{label}: retry initial_backoff_s ({backoffs[0]:g}) is above "
+            f"max_backoff_s ({backoffs[1]:g})"
+        )
+    return RetrySpec(attempts, backoffs[0], backoffs[1])
+
+
+def _triggers(value: Any, label: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{label}: triggers must be a list of event types")
+    for event in value:
+        if not isinstance(event, str) or not _EVENT_TYPE.fullmatch(event):
+            raise InvalidArgument(
+                f"{label}: trigger {_show(event)} is not an event type like task.dead_lettered"
+            )
+    if len(set(value)) < len(value):
+        raise InvalidArgument(f"{label}: a trigger is listed twice")
+    return tuple(value)
+
+
+def _schedule(value: Any, label: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{label}: schedule must be a cron expression string")
+    expr = " ".join(value.split())
+    try:
+        _cron(expr)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{label}: {exc}") from None
+    return expr
+
+
+def _find_cycle(steps: tuple[StepDef, ...]) -> list[str] | None:
+    """One cycle, as the path around it (first name repeated at the end), or None."""
+    deps = {s.name: s.depends_on for s in steps}
+    done: set[str] = set()
+    for root in deps:
+        if root in done:
+            continue
+        path, pending = [root], [iter(deps[root])]
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                done.add(path.pop())
+                pending.pop()
+            elif dep in path:
+                return [*path[path.index(dep) :], dep]
+            elif dep not in done:
+                path.append(dep)
+                pending.append(iter(deps[dep]))
+    return None
+
+
+# --- References ------------------------------------------------------------------------------
+
+
+def references(template: Any) -> list[str]:
+    """Every reference in `template`, in document order."""
+    return list(_walk_refs(template))
+
+
+def _walk_refs(template: Any) -> Iterator[str]:
+    if isinstance(template, dict):
+        if "$ref" in template:
+            yield _ref_of(template)
+        else:
+            for value in template.values():
+                yield from _walk_refs(value)
+    elif isinstance(template, list):
+        for value in template:
+            yield from _walk_refs(value)
+
+
+def _ref_of(obj: Mapping[str, Any]) -> str:
+    ref = obj.get("$ref")
+    if len(obj) != 1 or not isinstance(ref, str):
+        raise InvalidArgument(
+            f'a "$ref" object must have exactly one key, "$ref", holding a string, not {_show(obj)}'
+        )
+    if not ref or "" in ref.split("."):
+        raise InvalidArgument(f'reference "{ref}" has an empty part')
+    return ref
+
+
+def _check_references(
+    step: StepDef, label: str, ancestors: set[str] | None, step_names: set[str]
+) -> None:
+    """`ancestors` is None for on_failure, which may read any step and the run's error."""
+    for where, template in (
+        ("input", step.input),
+        ("for_each", step.for_each),
+        ("when", step.when),
+    ):
+        try:
+            refs = references(template)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{label}: {where}: {exc}") from None
+        for ref in refs:
+            root, *path = ref.split(".")
+            if where == "for_each" and root not in ("input", "steps"):
+                raise InvalidArgument(
+                    f"{label}: for_each must name input… or steps.<name>.output…, not {ref}"
+                )
+            if root == "input":
+                continue
+            if root == "steps":
+                if len(path) < 2 or path[1] != "output":
+                    raise InvalidArgument(
+                        f"{label}: reference {ref} must have the form steps.<name>.output…"
+                    )
+                if path[0] not in step_names:
+                    raise InvalidArgument(
+                        f"{label}: refers to steps.{path[0]}, which is not a step"
+                    )
+                if ancestors is not None and path[0] not in ancestors:
+                    raise InvalidArgument(
+                        f"{label}: refers to steps.{path[0]}, which is not among its dependencies"
+                    )
+            elif root == "item":
+                if where != "input" or step.for_each is None:
+                    raise InvalidArgument(
+                        f'{label}: "item" can only be referenced in the input of a for_each step'
+                    )
+            elif root == "error":
+                if ancestors is not None:
+                    raise InvalidArgument(f'{label}: "error" can only be referenced in on_failure')
+                if path:
+                    raise InvalidArgument(f'{label}: "error" is a message and has no parts: {ref}')
+            else:
+                raise InvalidArgument(
+                    f"{label}: reference {ref} must start with input, steps, item or error"
+                )
+
+
+def resolve(template: Any, context: Mapping[str, Any]) -> Any:
+    """A copy of `template` with every reference replaced by the value it names in `context`
+    (keys input, steps (name -> {"output": ...}), item, error). Values taken from `context` are
+    copied as they are: references inside them are data, not followed."""
+    if isinstance(template, dict):
+        if "$ref" in template:
+            return copy.deepcopy(_lookup(_ref_of(template), context))
+        return {key: resolve(value, context) for key, value in template.items()}
+    if isinstance(template, list):
+        return [resolve(value, context) for value in template]
+    return template
+
+
+def _lookup(ref: str, context: Mapping[str, Any]) -> Any:
+    value: Any = context
+    for part in ref.split("."):
+        if isinstance(value, Mapping):
+            if part not in value:
+                raise InvalidArgument(f'reference {ref}: no key "{part}"')
+            value = value[part]
+        elif isinstance(value, list | tuple) and _INDEX.fullmatch(part):
+            if int(part) >= len(value):
+                raise InvalidArgument(
+                    f"reference {ref}: no index {part} in a list of {len(value)} items"
+                )
+            value = value[int(part)]
+        else:
+            kind = "a list" if isinstance(value, list | tuple) else _show(value)
+            raise InvalidArgument(f'reference {ref}: cannot look up "{part}" in {kind}')
+    return value
+
+
+def truthy(value: Any) -> bool:
+    """Whether a `when` lets its step run: None, false, 0, "", [] and {} do not."""
+    return bool(value)
+
+
+# --- Cron ----------------------------------------------------------------------------------
+
+
+# name, lowest, highest
+_CRON_FIELDS = (
+    ("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
+    ("day-of-week", 0, 6),
+)  # fmt: skip
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+@dataclass(frozen=True)
+class _Cron:
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    # As in Vixie cron: when either day field starts with "*" a day must match both, otherwise
+    # either one is enough.
+    either_day: bool
+
+    def day_matches(self, when: datetime) -> bool:
+        day_ok = when.day in self.days
+        weekday_ok = (when.weekday() + 1) % 7 in self.weekdays  # cron counts from Sunday
+        return day_ok or weekday_ok if self.either_day else day_ok and weekday_ok
+
+
+@lru_cache(maxsize=256)
+def _cron(expr: str) -> _Cron:
+    fields = expr.split()
+    if len(fields) != 5:
+        raise InvalidArgument(
+            f'schedule "{expr}" needs 5 fields (minute hour day-of-month month day-of-week), '
+            f"not {len(fields)}"
+        )
+    minutes, hours, days, months, weekdays = (
+        _cron_field(expr, text, *spec) for text, spec in zip(fields, _CRON_FIELDS, strict=True)
+    )
+    day_star, weekday_star = fields[2].startswith("*"), fields[4].startswith("*")
+    cron = _Cron(minutes, hours, days, months, weekdays, not day_star and not weekday_star)
+    feasible = any(d <= _MONTH_DAYS[m - 1] for m in months for d in days)
+    if weekday_star and not feasible:
+        raise InvalidArgument(f'schedule "{expr}" never fires: no such day in those months')
+    return cron
+
+
+def _cron_field(expr: str, text: str, name: str, low: int, high: int) -> frozenset[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        span, _, step_text = part.partition("/")
+        if span == "*":
+            first, last = low, high
+        else:
+            start, dash, end = span.partition("-")
+            first = _cron_number(expr, start, name, low, high)
+            last = _cron_number(expr, end, name, low, high) if dash else first
+            if last < first:
+                raise InvalidArgument(f'schedule "{expr}": {name} range {span} runs backwards')
+            if step_text and not dash:
+                raise InvalidArgument(f'schedule "{expr}": {name} step needs * or a range: {part}')
+        step = 1
+        if step_text or part.endswith("/"):
+            if not step_text.isascii() or not step_text.isdigit() or int(step_text) < 1:
+                raise InvalidArgument(f'schedule "{expr}": {name} step "{step_text}" is not >= 1')
+            step = int(step_text)
+        values.update(range(first, last + 1, step))
+    return frozenset(values)
+
+
+def _cron_number(expr: str, text: str, name: str, low: int, high: int) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise InvalidArgument(f'schedule "{expr}": {name} "{text}" is not a number')
+    if not low <= int(text) <= high:
+        raise InvalidArgument(f'schedule "{expr}": {name} {text} is out of range {low}-{high}')
+    return int(text)
+
+
+def cron_matches(expr: str, when: datetime) -> bool:
+    """Whether `expr` fires in the minute of `when`, read in `when`'s own time zone."""
+    cron = _cron(expr)
+    return (
+        when.minute in cron.minutes
+        and when.hour in cron.hours
+        and when.month in cron.months
+        and cron.day_matches(when)
+    )
+
+
+def next_fire(expr: str, after: datetime) -> datetime:
+    """The first minute strictly after `after` at which `expr` fires, in `after`'s time zone."""
+    cron = _cron(expr)
+    when = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    # A full Gregorian cycle: an expression that fires at all fires within it.
+    while when.year <= after.year + 400:
+        if when.month not in cron.months:
+            year, month = divmod(when.month, 12)
+            when = when.replace(year=when.year + year, month=month + 1, day=1, hour=0, minute=0)
+        elif not cron.day_matches(when):
+            when = when.replace(hour=0, minute=0) + timedelta(days=1)
+        elif when.hour not in cron.hours:
+            when = when.replace(minute=0) + timedelta(hours=1)
+        elif when.minute not in cron.minutes:
+            when += timedelta(minutes=1)
+        else:
+            return when
+    raise InvalidArgument(f'schedule "{expr}" never fires')

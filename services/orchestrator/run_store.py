@@ -1,0 +1,402 @@
+"""Workflow definitions, runs and steps in PostgreSQL (schema `orchestrator`). A run changes
+only under its row lock (`SELECT … FOR UPDATE`), so any number of orchestrators can share
+the runs. Inputs and outputs are sealed with the data keys, bound to their row."""
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from libs.common.crypto import Keyring
+from services.orchestrator.dag import Item, RunState, StepState
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    name: str
+    version: int
+    definition: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: uuid.UUID
+    workflow: str
+    version: int
+    state: RunState
+    attempt: int
+    input: Any
+    output: Any
+    error: str
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StepTask:
+    step: str
+    task_id: uuid.UUID | None
+    item: Item
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Mark:
+    step: str
+    state: StepState
+    error: str
+    at: datetime
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class RunStore:
+    def __init__(self, engine: AsyncEngine, keyring: Keyring) -> None:
+        self._engine = engine
+        self._keyring = keyring
+
+    # -- sealing -------------------------------------------------------------------------
+
+    def _seal(self, value: Any, where: str, key: uuid.UUID) -> bytes:
+        return self._keyring.encrypt(_json(value), f"{where}:".encode() + key.bytes)
+
+    def _open(self, sealed: bytes | None, where: str, key: uuid.UUID) -> Any:
+        if sealed is None:
+            return None
+        return json.loads(self._keyring.decrypt(bytes(sealed), f"{where}:".encode() + key.bytes))
+
+    def _run(self, row: Any) -> RunRecord:
+        return RunRecord(
+            id=row.id,
+            workflow=row.workflow,
+            version=row.version,
+            state=RunState(row.state),
+            attempt=row.attempt,
+            input=self._open(row.input, "runs.input", row.id),
+            output=self._open(row.output, "runs.output", row.id),
+            error=row.error,
+            idempotency_key=row.idempotency_key,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            deadline_at=row.deadline_at,
+        )
+
+    # -- definitions ---------------------------------------------------------------------
+
+    async def add_workflow(self, name: str, definition: bytes) -> WorkflowRecord:
+        """A new version: one more than the latest (serialized per name by a lock)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext('workflow:' || :name))"),
+                {"name": name},
+            )
+            row = (
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO orchestrator.workflows (name, version, definition)"
+                        " SELECT :name, coalesce(max(version), 0) + 1, :definition"
+                        " FROM orchestrator.workflows WHERE name = :name"
+                        " RETURNING name, version, definition, created_at"
+                    ),
+                    {"name": name, "definition": definition},
+                )
+            ).one()
+        return WorkflowRecord(row.name, row.version, bytes(row.definition), row.created_at)
+
+    async def workflow(self, name: str, version: int = 0) -> WorkflowRecord | None:
+        query = (
+            "SELECT name, version, definition, created_at FROM orchestrator.workflows"
+            " WHERE name = :name AND (:version = 0 OR version = :version)"
+            " ORDER BY version DESC LIMIT 1"
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.text(query), {"name": name, "version": version})).first()
+        return (
+            WorkflowRecord(row.name, row.version, bytes(row.definition), row.created_at)
+            if row
+            else None
+        )
+
+    async def latest_workflows(self, after: str, limit: int) -> list[WorkflowRecord]:
+        query = (
+            "SELECT DISTINCT ON (name) name, version, definition, created_at"
+            " FROM orchestrator.workflows WHERE name > :after"
+            " ORDER BY name, version DESC LIMIT :limit"
+        )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.text(query), {"after": after, "limit": limit})
+            return [
+                WorkflowRecord(r.name, r.version, bytes(r.definition), r.created_at) for r in rows
+            ]
+
+    # -- runs ----------------------------------------------------------------------------
+
+    async def insert_run(
+        self,
+        workflow: WorkflowRecord,
+        run_input: Any,
+        idempotency_key: str | None,
+        deadline_s: float | None,
+    ) -> tuple[RunRecord, bool]:
+        """The new run (created=True), or the one that already holds the idempotency key."""
+        run_id = uuid.uuid4()
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO orchestrator.runs (id, workflow, version, state, input,"
+                        " idempotency_key, created_at, updated_at, deadline_at)"
+                        " VALUES (:id, :workflow, :version, 'RUNNING', :input, :key, now(), now(),"
+                        " now() + make_interval(secs => :deadline))"
+                        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+                    ),
+                    {
+                        "id": run_id,
+                        "workflow": workflow.name,
+                        "version": workflow.version,
+                        "input": self._seal(run_input, "runs.input", run_id),
+                        "key": idempotency_key,
+                        "deadline": deadline_s,
+                    },
+                )
+            ).first()
+            if row is not None:
+                return self._run(row), True
+            existing = (
+                await conn.execute(
+                    sa.text("SELECT * FROM orchestrator.runs WHERE idempotency_key = :key"),
+                    {"key": idempotency_key},
+                )
+            ).one()
+        return self._run(existing), False
+
+    async def run(self, run_id: uuid.UUID) -> RunRecord | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.text("SELECT * FROM orchestrator.runs WHERE id = :id"), {"id": run_id}
+                )
+            ).first()
+        return self._run(row) if row else None
+
+    async def runs(
+        self,
+        workflow: str | None,
+        state: RunState | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[RunRecord]:
+        clauses = ["TRUE"]
+        params: dict[str, Any] = {"limit": limit}
+        if workflow:
+            clauses.append("workflow = :workflow")
+            params["workflow"] = workflow
+        if state:
+            clauses.append("state = :state")
+            params["state"] = state.value
+        if after:
+            clauses.append("(created_at, id) < (:at, :after_id)")
+            params["at"], params["after_id"] = after
+        query = (
+            f"SELECT * FROM orchestrator.runs WHERE {' AND '.join(clauses)}"
+            " ORDER BY created_at DESC, id DESC LIMIT :limit"
+        )
+        async with self._engine.connect() as conn:
+            return [self._run(row) for row in await conn.execute(sa.text(query), params)]
+
+    async def steps_of(self, run_id: uuid.UUID) -> tuple[list[StepTask], list[Mark]]:
+        async with self._engine.connect() as conn:
+            return await RunTx(conn, self).steps(run_id)
+
+    @asynccontextmanager
+    async def locked(self, run_id: uuid.UUID) -> AsyncIterator["RunTx | None"]:
+        """A transaction holding the run's row lock; None when there is no such run."""
+        async with self._engine.begin() as conn:
+            tx = RunTx(conn, self)
+            found = await conn.execute(
+                sa.text("SELECT 1 FROM orchestrator.runs WHERE id = :id FOR UPDATE"),
+                {"id": run_id},
+            )
+            yield tx if found.first() else None
+
+    async def stale_runs(self, older_than_s: float, limit: int) -> list[uuid.UUID]:
+        """Running runs nobody changed for a while (a completion may have been lost), or
+        past their deadline; skipped when another orchestrator holds them."""
+        query = (
+            "SELECT id FROM orchestrator.runs WHERE state = 'RUNNING'"
+            " AND (updated_at < now() - make_interval(secs => :age) OR deadline_at < now())"
+            " ORDER BY updated_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+        )
+        async with self._engine.begin() as conn:
+            rows = await conn.execute(sa.text(query), {"age": older_than_s, "limit": limit})
+            return [row.id for row in rows]
+
+
+class RunTx:
+    """Reads and writes of one run inside its locked transaction."""
+
+    def __init__(self, conn: AsyncConnection, store: RunStore) -> None:
+        self._conn = conn
+        self._store = store
+
+    async def run(self, run_id: uuid.UUID) -> RunRecord:
+        row = (
+            await self._conn.execute(
+                sa.text("SELECT * FROM orchestrator.runs WHERE id = :id"), {"id": run_id}
+            )
+        ).one()
+        return self._store._run(row)
+
+    async def steps(self, run_id: uuid.UUID) -> tuple[list[StepTask], list[Mark]]:
+        tasks = await self._conn.execute(
+            sa.text("SELECT * FROM orchestrator.step_tasks WHERE run_id = :id ORDER BY step, item"),
+            {"id": run_id},
+        )
+        found = [
+            StepTask(
+                step=row.step,
+                task_id=row.task_id,
+                item=Item(
+                    row.item,
+                    row.attempt,
+                    StepState(row.state),
+                    self._store._open(row.output, "step_tasks.output", row.task_id)
+                    if row.output is not None
+                    else None,
+                    row.error,
+                ),
+                started_at=row.started_at,
+                finished_at=row.finished_at,
+            )
+            for row in tasks
+        ]
+        marks = await self._conn.execute(
+            sa.text("SELECT * FROM orchestrator.step_marks WHERE run_id = :id"), {"id": run_id}
+        )
+        return found, [Mark(r.step, StepState(r.state), r.error, r.at) for r in marks]
+
+    async def add_tasks(
+        self, run_id: uuid.UUID, step: str, attempt: int, task_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """The tasks a step now runs (replacing an earlier attempt's)."""
+        await self._conn.execute(
+            sa.text(
+                "INSERT INTO orchestrator.step_tasks"
+                " (run_id, step, item, attempt, task_id, state, started_at)"
+                " SELECT :run_id, :step, i - 1, :attempt, t, 'RUNNING', now()"
+                " FROM unnest(CAST(:tasks AS uuid[])) WITH ORDINALITY AS u(t, i)"
+                " ON CONFLICT (run_id, step, item) DO UPDATE SET attempt = excluded.attempt,"
+                " task_id = excluded.task_id, state = 'RUNNING', output = NULL, error = '',"
+                " started_at = now(), finished_at = NULL"
+            ),
+            {"run_id": run_id, "step": step, "attempt": attempt, "tasks": list(task_ids)},
+        )
+
+    async def finish_task(
+        self, task_id: uuid.UUID, state: StepState, output: Any, error: str
+    ) -> bool:
+        """Records a task's end on its step; False if it is not (or no longer) running."""
+        sealed = (
+            self._store._seal(output, "step_tasks.output", task_id)
+            if state == StepState.SUCCEEDED
+            else None
+        )
+        row = await self._conn.execute(
+            sa.text(
+                "UPDATE orchestrator.step_tasks SET state = :state, output = :output,"
+                " error = :error, finished_at = now()"
+                " WHERE task_id = :task_id AND state = 'RUNNING' RETURNING 1"
+            ),
+            {"task_id": task_id, "state": state.value, "output": sealed, "error": error},
+        )
+        return row.first() is not None
+
+    async def mark(self, run_id: uuid.UUID, step: str, state: StepState, error: str) -> None:
+        await self._conn.execute(
+            sa.text(
+                "INSERT INTO orchestrator.step_marks (run_id, step, state, error, at)"
+                " VALUES (:run_id, :step, :state, :error, now())"
+                " ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state,"
+                " error = excluded.error, at = now()"
+            ),
+            {"run_id": run_id, "step": step, "state": state.value, "error": error},
+        )
+
+    async def cancel_steps(self, run_id: uuid.UUID, steps: Sequence[str]) -> list[uuid.UUID]:
+        """Marks the running tasks of `steps` cancelled; answers their task ids."""
+        rows = await self._conn.execute(
+            sa.text(
+                "UPDATE orchestrator.step_tasks SET state = 'CANCELLED', finished_at = now()"
+                " WHERE run_id = :run_id AND step = ANY(:steps) AND state = 'RUNNING'"
+                " RETURNING task_id"
+            ),
+            {"run_id": run_id, "steps": list(steps)},
+        )
+        return [row.task_id for row in rows if row.task_id is not None]
+
+    async def retry(self, run_id: uuid.UUID, on_failure: str | None) -> list[str]:
+        """Failed and cancelled steps (and the on_failure step) start over, in the run's
+        next attempt; answers their names."""
+        marks = await self._conn.execute(
+            sa.text(
+                "DELETE FROM orchestrator.step_marks WHERE run_id = :id"
+                " AND (state IN ('FAILED', 'CANCELLED') OR step = :handler) RETURNING step"
+            ),
+            {"id": run_id, "handler": on_failure},
+        )
+        tasks = await self._conn.execute(
+            sa.text(
+                "DELETE FROM orchestrator.step_tasks WHERE run_id = :id AND step IN ("
+                " SELECT step FROM orchestrator.step_tasks WHERE run_id = :id"
+                " AND (state IN ('FAILED', 'CANCELLED') OR step = :handler)) RETURNING step"
+            ),
+            {"id": run_id, "handler": on_failure},
+        )
+        await self._conn.execute(
+            sa.text(
+                "UPDATE orchestrator.runs SET state = 'RUNNING', attempt = attempt + 1,"
+                " output = NULL, error = '', finished_at = NULL, updated_at = now()"
+                " WHERE id = :id"
+            ),
+            {"id": run_id},
+        )
+        return sorted({r.step for r in marks} | {r.step for r in tasks})
+
+    async def set_run(
+        self, run_id: uuid.UUID, state: RunState, output: Any = None, error: str = ""
+    ) -> None:
+        ended = state != RunState.RUNNING
+        await self._conn.execute(
+            sa.text(
+                "UPDATE orchestrator.runs SET state = :state, output = :output, error = :error,"
+                " updated_at = now(), finished_at = CASE WHEN :ended THEN now() END"
+                " WHERE id = :id"
+            ),
+            {
+                "id": run_id,
+                "state": state.value,
+                "output": self._store._seal(output, "runs.output", run_id)
+                if output is not None
+                else None,
+                "error": error,
+                "ended": ended,
+            },
+        )
+
+    async def touch(self, run_id: uuid.UUID) -> None:
+        await self._conn.execute(
+            sa.text("UPDATE orchestrator.runs SET updated_at = now() WHERE id = :id"),
+            {"id": run_id},
+        )

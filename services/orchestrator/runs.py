@@ -1,0 +1,304 @@
+"""Workflow runs: start, advance as their tasks end, cancel, retry. Every change of a run
+happens under its row lock, and the tasks a step needs are submitted inside that lock with
+idempotency keys (run, step, item, attempt): an orchestrator that dies anywhere leaves a
+run another one (or its restart) advances from where it stood, and no step is dispatched
+twice."""
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from libs.common.events import EventBus, make_events
+from services.orchestrator.dag import (
+    Item,
+    RunState,
+    StepState,
+    StepView,
+    plan_run,
+    view_step,
+)
+from services.orchestrator.definition import (
+    WorkflowDef,
+    dump_definition,
+    load_definition,
+    parse_definition,
+)
+from services.orchestrator.run_store import (
+    Mark,
+    RunRecord,
+    RunStore,
+    RunTx,
+    StepTask,
+    WorkflowRecord,
+)
+from services.orchestrator.task_client import TaskClient, TaskEnd, task_spec
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StepDetail:
+    view: StepView
+    task_ids: list[uuid.UUID]
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    run: RunRecord
+    steps: list[StepDetail]
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(f"{what} {value!r} is not a UUID") from None
+
+
+def _views(
+    defn: WorkflowDef, tasks: Sequence[StepTask], marks: Sequence[Mark]
+) -> dict[str, StepView]:
+    items: dict[str, list[Item]] = defaultdict(list)
+    for task in tasks:
+        items[task.step].append(task.item)
+    marked = {m.step: (m.state, m.error) for m in marks}
+    steps = [*defn.steps, *([defn.on_failure] if defn.on_failure else [])]
+    return {s.name: view_step(s, items[s.name], marked.get(s.name)) for s in steps}
+
+
+class Runs:
+    def __init__(self, store: RunStore, tasks: TaskClient, events: EventBus) -> None:
+        self._store = store
+        self._tasks = tasks
+        self._events = events
+        self._definitions: dict[tuple[str, int], WorkflowDef] = {}
+
+    # -- definitions ---------------------------------------------------------------------
+
+    async def register(self, name: str, raw: bytes) -> WorkflowRecord:
+        defn = parse_definition(name, raw, await self._tasks.task_types())
+        record = await self._store.add_workflow(name, dump_definition(defn))
+        await self._events.publish(
+            "workflow.registered", f"workflow/{name}", {"name": name, "version": record.version}
+        )
+        return record
+
+    async def workflow(self, name: str, version: int = 0) -> WorkflowRecord:
+        record = await self._store.workflow(name, version)
+        if record is None:
+            which = f" version {version}" if version else ""
+            raise NotFound(f"no workflow {name!r}{which}")
+        return record
+
+    async def workflows(self, after: str, limit: int) -> list[WorkflowRecord]:
+        return await self._store.latest_workflows(after, limit)
+
+    async def _definition(self, name: str, version: int) -> WorkflowDef:
+        key = (name, version)
+        defn = self._definitions.get(key)
+        if defn is None:
+            record = await self.workflow(name, version)
+            defn = self._definitions[key] = load_definition(name, record.definition)
+        return defn
+
+    # -- runs ----------------------------------------------------------------------------
+
+    async def start(
+        self, name: str, version: int, raw_input: bytes, idempotency_key: str
+    ) -> tuple[RunRecord, bool]:
+        record = await self.workflow(name, version)
+        defn = await self._definition(record.name, record.version)
+        try:
+            run_input = json.loads(raw_input) if raw_input else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"the run's input is not JSON: {exc}") from None
+        run, created = await self._store.insert_run(
+            record, run_input, idempotency_key or None, defn.timeout_s
+        )
+        if created:
+            await self._events.publish(
+                "run.started", f"run/{run.id}", {"workflow": name, "version": record.version}
+            )
+            await self.advance(run.id)
+        return await self._run(run.id), created
+
+    async def _run(self, run_id: uuid.UUID) -> RunRecord:
+        run = await self._store.run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id}")
+        return run
+
+    async def get(self, run_id: str) -> RunDetail:
+        run = await self._run(_uuid(run_id, "run id"))
+        defn = await self._definition(run.workflow, run.version)
+        tasks, marks = await self._store.steps_of(run.id)
+        views = _views(defn, tasks, marks)
+        details = []
+        for name, view in views.items():
+            mine = [t for t in tasks if t.step == name]
+            mark = next((m for m in marks if m.step == name), None)
+            ends = [t.finished_at for t in mine if t.finished_at]
+            details.append(
+                StepDetail(
+                    view,
+                    [t.task_id for t in sorted(mine, key=lambda t: t.item.item) if t.task_id],
+                    min((t.started_at for t in mine), default=mark.at if mark else None),
+                    max(ends) if ends and len(ends) == len(mine) else (mark.at if mark else None),
+                )
+            )
+        return RunDetail(run, details)
+
+    async def find(
+        self,
+        workflow: str,
+        state: RunState | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[RunRecord]:
+        return await self._store.runs(workflow or None, state, after, limit)
+
+    async def advance(self, run_id: uuid.UUID, ends: Sequence[TaskEnd] = ()) -> None:
+        """Records `ends` on their steps, then does what the run's plan says."""
+        events: list[tuple[str, str, Any]] = []
+        cancelled: list[uuid.UUID] = []
+        async with self._store.locked(run_id) as tx:
+            if tx is None:
+                return
+            run = await tx.run(run_id)
+            if run.state != RunState.RUNNING:
+                return
+            defn = await self._definition(run.workflow, run.version)
+            before = _views(defn, *(await tx.steps(run_id)))
+            for end in ends:
+                await tx.finish_task(end.task_id, StepState(end.state), end.output, end.error)
+            views = _views(defn, *(await tx.steps(run_id))) if ends else before
+            for name, view in views.items():
+                if view.state != before[name].state and view.state != StepState.RUNNING:
+                    events.append((f"step.{view.state.lower()}", name, {"error": view.error}))
+            if run.deadline_at is not None and run.deadline_at <= datetime.now(UTC):
+                running = [n for n, v in views.items() if v.state == StepState.RUNNING]
+                cancelled += await tx.cancel_steps(run_id, running)
+                events += [("step.cancelled", n, {}) for n in running]
+                await tx.set_run(run_id, RunState.FAILED, error="the workflow timed out")
+                events.append(("run.failed", "", {"error": "the workflow timed out"}))
+            else:
+                await self._carry_out(tx, run, defn, views, events, cancelled)
+        await self._publish(run_id, events)
+        if cancelled:
+            await self._tasks.cancel(cancelled)
+
+    async def _carry_out(
+        self,
+        tx: RunTx,
+        run: RunRecord,
+        defn: WorkflowDef,
+        views: dict[str, StepView],
+        events: list[tuple[str, str, Any]],
+        cancelled: list[uuid.UUID],
+    ) -> None:
+        plan = plan_run(defn, run.input, views)
+        for name, state, error in plan.marks:
+            await tx.mark(run.id, name, state, error)
+            events.append((f"step.{state.lower()}", name, {"error": error}))
+        if plan.cancel:
+            cancelled += await tx.cancel_steps(run.id, plan.cancel)
+            events += [("step.cancelled", name, {}) for name in plan.cancel]
+        if plan.start:
+            specs = [
+                task_spec(start.step, payload, run.id, item, run.attempt)
+                for start in plan.start
+                for item, payload in enumerate(start.payloads)
+            ]
+            task_ids = await self._tasks.submit(specs)
+            offset = 0
+            for start in plan.start:
+                mine = task_ids[offset : offset + len(start.payloads)]
+                offset += len(start.payloads)
+                await tx.add_tasks(run.id, start.step.name, run.attempt, mine)
+                events.append(("step.started", start.step.name, {"tasks": len(mine)}))
+        if plan.ended is not None:
+            await tx.set_run(run.id, plan.ended, plan.output, plan.error)
+            events.append((f"run.{plan.ended.lower()}", "", {"error": plan.error}))
+        else:
+            await tx.touch(run.id)
+
+    async def _publish(self, run_id: uuid.UUID, events: list[tuple[str, str, Any]]) -> None:
+        if not events:
+            return
+        # One subject for the run and its steps: a watcher of the run sees them all.
+        items = [
+            (
+                type_,
+                f"run/{run_id}",
+                {"run": str(run_id), **({"step": step} if step else {}), **data},
+            )
+            for type_, step, data in events
+        ]
+        await self._events.publish_events(make_events(items, self._events.source))
+
+    async def tasks_ended(self, ends: Sequence[tuple[uuid.UUID, TaskEnd]]) -> None:
+        """Task ends that the event stream brought, by run."""
+        by_run: dict[uuid.UUID, list[TaskEnd]] = defaultdict(list)
+        for run_id, end in ends:
+            by_run[run_id].append(end)
+        for run_id, run_ends in by_run.items():
+            await self.advance(run_id, run_ends)
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        rid = _uuid(run_id, "run id")
+        cancelled: list[uuid.UUID] = []
+        async with self._store.locked(rid) as tx:
+            if tx is None:
+                raise NotFound(f"no run {run_id}")
+            run = await tx.run(rid)
+            if run.state != RunState.RUNNING:
+                raise FailedPrecondition(f"run {run_id} is {run.state.value}, not RUNNING")
+            defn = await self._definition(run.workflow, run.version)
+            running = [
+                n
+                for n, v in _views(defn, *(await tx.steps(rid))).items()
+                if v.state == StepState.RUNNING
+            ]
+            cancelled = await tx.cancel_steps(rid, running)
+            await tx.set_run(rid, RunState.CANCELLED, error="cancelled")
+        await self._publish(
+            rid, [*(("step.cancelled", n, {}) for n in running), ("run.cancelled", "", {})]
+        )
+        await self._tasks.cancel(cancelled)
+        return await self._run(rid)
+
+    async def retry(self, run_id: str) -> RunRecord:
+        rid = _uuid(run_id, "run id")
+        async with self._store.locked(rid) as tx:
+            if tx is None:
+                raise NotFound(f"no run {run_id}")
+            run = await tx.run(rid)
+            if run.state not in (RunState.FAILED, RunState.CANCELLED):
+                raise FailedPrecondition(
+                    f"run {run_id} is {run.state.value}: only a failed or cancelled run is retried"
+                )
+            defn = await self._definition(run.workflow, run.version)
+            again = await tx.retry(rid, defn.on_failure.name if defn.on_failure else None)
+        await self._publish(rid, [("run.retried", "", {"steps": again})])
+        await self.advance(rid)
+        return await self._run(rid)
+
+    async def reconcile(self, stale_s: float, limit: int = 100) -> int:
+        """Runs nobody advanced for `stale_s` (a task's end event lost with a task agent) or
+        past their deadline: asks TaskService how their running tasks ended."""
+        advanced = 0
+        for run_id in await self._store.stale_runs(stale_s, limit):
+            tasks, _ = await self._store.steps_of(run_id)
+            running = [t.task_id for t in tasks if t.item.state == StepState.RUNNING and t.task_id]
+            await self.advance(run_id, await self._tasks.ends(running))
+            advanced += 1
+        return advanced

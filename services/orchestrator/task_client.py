@@ -1,0 +1,133 @@
+"""The orchestrator's calls to TaskService, over mTLS as the `orchestrator` identity."""
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from libs.common.channels import ServiceChannel
+from libs.common.errors import NotFound
+from libs.common.grpc_errors import from_rpc_error
+from libs.common.identity import AgentIdentity
+from services.orchestrator.definition import StepDef
+
+# SubmitTasks takes at most this many specs per call.
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class TaskEnd:
+    """How a task ended, as the run records it on its step."""
+
+    task_id: uuid.UUID
+    state: str  # SUCCEEDED, FAILED or CANCELLED
+    output: Any = None
+    error: str = ""
+
+
+def task_spec(
+    step: StepDef, payload: Any, run_id: uuid.UUID, item: int, attempt: int
+) -> tasks_pb2.TaskSpec:
+    spec = tasks_pb2.TaskSpec(
+        type=step.type,
+        payload=json.dumps(payload, separators=(",", ":")).encode(),
+        # Resubmitting (after a crash, by another orchestrator) finds the same task.
+        idempotency_key=f"run:{run_id}:{step.name}:{item}:{attempt}",
+        labels={"run": str(run_id), "step": step.name},
+        timeout_s=step.timeout_s or 0,
+        fallback_type=step.fallback or "",
+        queue=step.queue or "",
+    )
+    if step.retry is not None:
+        spec.retry.CopyFrom(
+            tasks_pb2.RetryPolicy(
+                max_attempts=step.retry.max_attempts,
+                initial_backoff_s=step.retry.initial_backoff_s,
+                max_backoff_s=step.retry.max_backoff_s,
+            )
+        )
+    return spec
+
+
+def task_end(task: tasks_pb2.Task) -> TaskEnd | None:
+    """None while the task has not ended."""
+    task_id = uuid.UUID(task.id)
+    if task.state == tasks_pb2.TASK_STATE_SUCCEEDED:
+        return TaskEnd(task_id, "SUCCEEDED", json.loads(task.result) if task.result else None)
+    if task.state == tasks_pb2.TASK_STATE_FAILED:
+        return TaskEnd(task_id, "FAILED", error=task.error.message or task.error.reason)
+    if task.state == tasks_pb2.TASK_STATE_CANCELLED:
+        return TaskEnd(task_id, "CANCELLED", error="cancelled")
+    return None
+
+
+class TaskClient:
+    def __init__(self, address: str, identity: AgentIdentity | None, timeout_s: float) -> None:
+        self._channel = ServiceChannel(address, "task-agent", identity)
+        self._timeout_s = timeout_s
+
+    @property
+    def _stub(self) -> tasks_pb2_grpc.TaskServiceStub:
+        return self._channel.stub(tasks_pb2_grpc.TaskServiceStub)
+
+    async def submit(self, specs: Sequence[tasks_pb2.TaskSpec]) -> list[uuid.UUID]:
+        """The tasks' ids, in order (existing ones for keys submitted before)."""
+        ids: list[uuid.UUID] = []
+        for start in range(0, len(specs), BATCH):
+            request = tasks_pb2.SubmitTasksRequest(tasks=specs[start : start + BATCH])
+            try:
+                reply = await self._stub.SubmitTasks(request, timeout=self._timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from None
+            ids += [uuid.UUID(task.id) for task in reply.tasks]
+        return ids
+
+    async def ends(self, task_ids: Sequence[uuid.UUID]) -> list[TaskEnd]:
+        """How those of `task_ids` that have ended ended."""
+
+        async def one(task_id: uuid.UUID) -> TaskEnd | None:
+            try:
+                reply = await self._stub.GetTask(
+                    tasks_pb2.GetTaskRequest(task_id=str(task_id)), timeout=self._timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc)
+                if isinstance(error, NotFound):
+                    return TaskEnd(task_id, "FAILED", error="the task is gone")
+                raise error from None
+            return task_end(reply.task)
+
+        found = await asyncio.gather(*(one(t) for t in task_ids))
+        return [end for end in found if end is not None]
+
+    async def cancel(self, task_ids: Sequence[uuid.UUID]) -> None:
+        async def one(task_id: uuid.UUID) -> None:
+            try:
+                await self._stub.CancelTask(
+                    tasks_pb2.CancelTaskRequest(task_id=str(task_id)), timeout=self._timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.NOT_FOUND,
+                ):
+                    raise from_rpc_error(exc) from None
+
+        await asyncio.gather(*(one(t) for t in task_ids))
+
+    async def task_types(self) -> set[str]:
+        try:
+            reply = await self._stub.ListTaskTypes(
+                tasks_pb2.ListTaskTypesRequest(), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return {t.name for t in reply.task_types}
+
+    async def close(self) -> None:
+        await self._channel.close()
