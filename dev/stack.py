@@ -85,12 +85,16 @@ class Stack:
 
     def start(self) -> None:
         for service in (*GRPC_SERVICES, "gateway"):
-            env = dict(self._env)
-            if service == "gateway":
-                env["AGENTRY_HTTP_PORT"] = str(self.ports.gateway)
-            else:
-                env["AGENTRY_GRPC_PORT"] = str(self.ports.grpc(service))
-            self.start_one(service, env)
+            self.start_service(service)
+
+    def start_service(self, service: str) -> None:
+        """One of the platform's services, on its port (again, after a crash)."""
+        env = dict(self._env)
+        if service == "gateway":
+            env["AGENTRY_HTTP_PORT"] = str(self.ports.gateway)
+        else:
+            env["AGENTRY_GRPC_PORT"] = str(self.ports.grpc(service))
+        self.start_one(service, env)
 
     def start_one(self, service: str, env: Mapping[str, str] | None = None) -> None:
         env = {

@@ -20,7 +20,8 @@ from libs.common.security import load_security
 from libs.common.service import GrpcApp, Loop
 from libs.common.waiting import pause
 from services.orchestrator.agent_store import AgentStore
-from services.orchestrator.definition import WorkflowDef, cron_matches, load_definition
+from services.orchestrator.cron import cron_matches
+from services.orchestrator.definition import WorkflowDef, load_definition
 from services.orchestrator.run_store import RunStore
 from services.orchestrator.runs import Runs
 from services.orchestrator.servicer import AgentRegistryServicer
@@ -144,35 +145,40 @@ class OrchestratorApp(GrpcApp):
             await pause(self._stop, settings.reconcile_interval_s)
 
     async def _refresh_definitions(self) -> None:
-        """Which workflows events trigger and which run on a schedule (latest versions)."""
         while not self._stop.is_set():
-            triggered: dict[str, list[str]] = {}
-            scheduled: dict[str, str] = {}
-            after = ""
-            while page := await self.runs.workflows(after, 500):
-                for record in page:
-                    defn: WorkflowDef = load_definition(record.name, record.definition)
-                    for event_type in defn.triggers:
-                        triggered.setdefault(event_type, []).append(record.name)
-                    if defn.schedule:
-                        scheduled[record.name] = defn.schedule
-                after = page[-1].name
-            self._triggered, self._scheduled = triggered, scheduled
+            await self.refresh_definitions()
             await pause(self._stop, self._orchestrator_settings.definitions_refresh_s)
 
+    async def refresh_definitions(self) -> None:
+        """Which workflows events trigger and which run on a schedule (latest versions)."""
+        triggered: dict[str, list[str]] = {}
+        scheduled: dict[str, str] = {}
+        after = ""
+        while page := await self.runs.workflows(after, 500):
+            for record in page:
+                defn: WorkflowDef = load_definition(record.name, record.definition)
+                for event_type in defn.triggers:
+                    triggered.setdefault(event_type, []).append(record.name)
+                if defn.schedule:
+                    scheduled[record.name] = defn.schedule
+            after = page[-1].name
+        self._triggered, self._scheduled = triggered, scheduled
+
     async def _fire_schedules(self) -> None:
-        """Each minute, a run of every workflow whose schedule matches it. Every
-        orchestrator tries; the run's idempotency key (workflow and minute) lets one win."""
         while not self._stop.is_set():
-            now = datetime.now(UTC)
-            minute = now.replace(second=0, microsecond=0)
-            for name, schedule in list(self._scheduled.items()):
-                if cron_matches(schedule, minute):
-                    run_input = {"scheduled_at": minute.isoformat()}
-                    key = f"schedule:{name}:{minute.isoformat()}"
-                    await self.runs.start(name, 0, json.dumps(run_input).encode(), key)
+            minute = datetime.now(UTC).replace(second=0, microsecond=0)
+            await self.fire_schedules(minute)
             next_minute = minute + timedelta(minutes=1)
             await pause(self._stop, (next_minute - datetime.now(UTC)).total_seconds() + 0.05)
+
+    async def fire_schedules(self, minute: datetime) -> None:
+        """A run of every workflow whose schedule matches `minute`. Every orchestrator
+        tries; the run's idempotency key (workflow and minute) lets exactly one win."""
+        for name, schedule in list(self._scheduled.items()):
+            if cron_matches(schedule, minute):
+                run_input = {"scheduled_at": minute.isoformat()}
+                key = f"schedule:{name}:{minute.isoformat()}"
+                await self.runs.start(name, 0, json.dumps(run_input).encode(), key)
 
     async def close(self) -> None:
         await self.tasks.close()

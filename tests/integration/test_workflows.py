@@ -1,7 +1,6 @@
 """Workflows run end to end on a real orchestrator and task agent: dependencies, fan-out
 and fan-in, skipped steps, failures with on_failure, cancel, retry, idempotent starts."""
 
-import asyncio
 import json
 
 import grpc
@@ -9,6 +8,7 @@ import pytest
 
 from agentry.workflows.v1 import workflows_pb2 as W
 from agentry.workflows.v1 import workflows_pb2_grpc
+from tests.integration.workflow_client import register, start, until_ended
 from tests.secure import channel_to
 
 MODULES = ["services.task_agent.builtins", "tests.integration.handlers_for_tests"]
@@ -44,46 +44,20 @@ async def workflows(make_task_agent, make_orchestrator):
         yield workflows_pb2_grpc.WorkflowServiceStub(channel)
 
 
-async def _register(stub, definition: dict) -> W.Workflow:
-    reply = await stub.RegisterWorkflow(
-        W.RegisterWorkflowRequest(
-            name=definition["name"], definition=json.dumps(definition).encode()
-        )
-    )
-    return reply.workflow
-
-
-async def _start(stub, name: str, run_input: dict, key: str = "") -> W.StartRunResponse:
-    return await stub.StartRun(
-        W.StartRunRequest(workflow=name, input=json.dumps(run_input).encode(), idempotency_key=key)
-    )
-
-
-async def _until_ended(stub, run_id: str, within: float = 20.0) -> W.Run:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        run = (await stub.GetRun(W.GetRunRequest(run_id=run_id))).run
-        if run.state != W.RUN_STATE_RUNNING:
-            return run
-        assert loop.time() < deadline, run
-        await asyncio.sleep(0.05)
-
-
 def _steps(run: W.Run) -> dict[str, W.StepRun]:
     return {s.name: s for s in run.steps}
 
 
 async def test_a_dag_runs_with_fan_out_fan_in_and_a_skipped_step(workflows) -> None:
-    registered = await _register(workflows, SIGNUP)
+    registered = await register(workflows, SIGNUP)
     assert registered.version == 1
-    started = await _start(
+    started = await start(
         workflows,
         "signup",
         {"user": {"id": 7}, "images": ["a.png", "b.png", "c.png"], "vip": False},
     )
     assert started.created
-    run = await _until_ended(workflows, started.run.id)
+    run = await until_ended(workflows, started.run.id)
     assert run.state == W.RUN_STATE_SUCCEEDED, run
     steps = _steps(run)
     assert steps["vip"].state == W.STEP_STATE_SKIPPED
@@ -101,14 +75,14 @@ async def test_a_dag_runs_with_fan_out_fan_in_and_a_skipped_step(workflows) -> N
 
 
 async def test_a_new_registration_is_a_new_version_and_old_runs_keep_theirs(workflows) -> None:
-    await _register(workflows, SIGNUP)
-    first = await _start(workflows, "signup", {"user": 1, "images": [], "vip": True})
+    await register(workflows, SIGNUP)
+    first = await start(workflows, "signup", {"user": 1, "images": [], "vip": True})
     changed = {**SIGNUP, "steps": SIGNUP["steps"][:1]}
-    assert (await _register(workflows, changed)).version == 2
-    second = await _start(workflows, "signup", {"user": 2})
+    assert (await register(workflows, changed)).version == 2
+    second = await start(workflows, "signup", {"user": 2})
     old, new = (
-        await _until_ended(workflows, first.run.id),
-        await _until_ended(workflows, second.run.id),
+        await until_ended(workflows, first.run.id),
+        await until_ended(workflows, second.run.id),
     )
     assert (old.version, new.version) == (1, 2)
     assert len(old.steps) == 4 and len(new.steps) == 1
@@ -117,12 +91,12 @@ async def test_a_new_registration_is_a_new_version_and_old_runs_keep_theirs(work
 async def test_a_bad_definition_is_refused_naming_the_step(workflows) -> None:
     bad = {"name": "bad", "steps": [{"name": "a", "type": "echo", "depends_on": ["nope"]}]}
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _register(workflows, bad)
+        await register(workflows, bad)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert '"a"' in refused.value.details() and "nope" in refused.value.details()
     unknown = {"name": "bad", "steps": [{"name": "a", "type": "no.such.type"}]}
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _register(workflows, unknown)
+        await register(workflows, unknown)
     assert "no.such.type" in refused.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await workflows.GetWorkflow(W.GetWorkflowRequest(name="bad"))
@@ -146,10 +120,10 @@ async def test_a_failed_step_fails_the_run_runs_on_failure_and_can_be_retried(
         ],
         "on_failure": {"name": "notify", "type": "echo", "input": {"why": {"$ref": "error"}}},
     }
-    await _register(workflows, flaky)
+    await register(workflows, flaky)
     card = tmp_path / "card"
-    started = await _start(workflows, "flaky", {"card": str(card)})
-    run = await _until_ended(workflows, started.run.id)
+    started = await start(workflows, "flaky", {"card": str(card)})
+    run = await until_ended(workflows, started.run.id)
     assert run.state == W.RUN_STATE_FAILED
     steps = _steps(run)
     assert steps["charge"].state == W.STEP_STATE_FAILED
@@ -163,7 +137,7 @@ async def test_a_failed_step_fails_the_run_runs_on_failure_and_can_be_retried(
     card.touch()
     retried = await workflows.RetryRun(W.RetryRunRequest(run_id=run.id))
     assert retried.run.state == W.RUN_STATE_RUNNING
-    again = await _until_ended(workflows, run.id)
+    again = await until_ended(workflows, run.id)
     assert again.state == W.RUN_STATE_SUCCEEDED, again
     assert _steps(again)["charge"].task_ids != steps["charge"].task_ids
     assert _steps(again)["after"].state == W.STEP_STATE_SUCCEEDED
@@ -171,8 +145,8 @@ async def test_a_failed_step_fails_the_run_runs_on_failure_and_can_be_retried(
 
 async def test_a_run_is_cancelled_with_its_running_tasks(workflows) -> None:
     slow = {"name": "slow", "steps": [{"name": "nap", "type": "sleep", "input": {"seconds": 30}}]}
-    await _register(workflows, slow)
-    started = await _start(workflows, "slow", {})
+    await register(workflows, slow)
+    started = await start(workflows, "slow", {})
     cancelled = await workflows.CancelRun(W.CancelRunRequest(run_id=started.run.id))
     assert cancelled.run.state == W.RUN_STATE_CANCELLED
     run = (await workflows.GetRun(W.GetRunRequest(run_id=started.run.id))).run
@@ -183,10 +157,10 @@ async def test_a_run_is_cancelled_with_its_running_tasks(workflows) -> None:
 
 
 async def test_a_start_with_the_same_idempotency_key_is_the_same_run(workflows) -> None:
-    await _register(workflows, SIGNUP)
+    await register(workflows, SIGNUP)
     body = {"user": 1, "images": [], "vip": False}
-    first = await _start(workflows, "signup", body, key="order-42")
-    second = await _start(workflows, "signup", body, key="order-42")
+    first = await start(workflows, "signup", body, key="order-42")
+    second = await start(workflows, "signup", body, key="order-42")
     assert first.created and not second.created
     assert first.run.id == second.run.id
     listed = await workflows.ListRuns(W.ListRunsRequest(workflow="signup"))

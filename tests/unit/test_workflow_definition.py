@@ -9,14 +9,13 @@ import pytest
 import yaml
 
 from libs.common.errors import InvalidArgument
+from services.orchestrator.cron import cron_matches, next_fire
 from services.orchestrator.definition import (
     RetrySpec,
     StepDef,
     WorkflowDef,
-    cron_matches,
     dump_definition,
     load_definition,
-    next_fire,
     parse_definition,
     references,
     resolve,
