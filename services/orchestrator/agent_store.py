@@ -82,3 +82,12 @@ class AgentStore:
             query = query.where(agents.c.role == role)
         async with self._engine.connect() as conn:
             return [_record(row) for row in await conn.execute(query)]
+
+    async def mark_unresponsive(self, agent_id: str) -> None:
+        query = (
+            sa.update(agents)
+            .where(agents.c.id == agent_id, agents.c.state != "TERMINATED")
+            .values(state="UNRESPONSIVE")
+        )
+        async with self._engine.connect() as conn:
+            await conn.execute(query)

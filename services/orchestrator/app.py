@@ -19,6 +19,7 @@ from libs.common.redis_client import Keys, create_redis
 from libs.common.security import load_security
 from libs.common.service import GrpcApp, Loop
 from libs.common.waiting import pause
+from services.orchestrator.agent_checks import AgentChecks
 from services.orchestrator.agent_store import AgentStore
 from services.orchestrator.cron import cron_matches
 from services.orchestrator.definition import WorkflowDef, load_definition
@@ -50,6 +51,8 @@ class OrchestratorApp(GrpcApp):
             settings.task_service_address, security.identity, settings.rpc_timeout_s
         )
         store = RunStore(self._engine, keyring_from_settings(settings))
+        agent_store = AgentStore(self._engine)
+        self.agent_checks = AgentChecks(agent_store, security.identity, timeout_s=3.0)
         self.runs = Runs(store, self.tasks, self.events)
         super().__init__(
             settings,
@@ -61,7 +64,7 @@ class OrchestratorApp(GrpcApp):
                 ),
                 (
                     agents_pb2_grpc.add_AgentRegistryServiceServicer_to_server,
-                    AgentRegistryServicer(AgentStore(self._engine)),
+                    AgentRegistryServicer(agent_store),
                     agents_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name,
                 ),
             ],
@@ -84,7 +87,13 @@ class OrchestratorApp(GrpcApp):
             "reconcile": self._reconcile,
             "definitions": self._refresh_definitions,
             "schedules": self._fire_schedules,
+            "check-agents": self._check_agents,
         }
+
+    async def _check_agents(self) -> None:
+        while not self._stop.is_set():
+            await self.agent_checks.check()
+            await pause(self._stop, self._orchestrator_settings.agent_check_interval_s)
 
     async def _follow_tasks(self) -> None:
         """Task ends (and events that trigger workflows) from the durable stream, in the

@@ -14,3 +14,5 @@ class OrchestratorSettings(GrpcServerSettings):
     stale_run_s: float = 30.0
     # How often the workflows' triggers and schedules are read again.
     definitions_refresh_s: float = 10.0
+    # How often every registered agent's gRPC health is checked.
+    agent_check_interval_s: float = 10.0

@@ -7,31 +7,15 @@ import grpc
 import pytest
 
 from agentry.agents.v1 import agents_pb2, agents_pb2_grpc
-from services.orchestrator.app import OrchestratorApp
-from services.orchestrator.settings import OrchestratorSettings
-from tests.secure import channel_to, dev_secrets, security_settings
+from tests.secure import channel_to
 
 A = agents_pb2
 
 
 @pytest.fixture
-async def orchestrator(clean_db: str, redis_url: str, redis_prefix: str):
-    app = OrchestratorApp(
-        OrchestratorSettings(
-            database_url=clean_db,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            grpc_port=0,
-            migrate_on_start=False,
-            instance="orchestrator-test",
-            log_format="console",
-            tls_dir=dev_secrets().tls_dir("orchestrator"),
-            **security_settings(),
-        )
-    )
-    await app.start()
-    yield app
-    await app.stop()
+async def orchestrator(make_orchestrator):
+    # Health checks only when a test asks for them.
+    return await make_orchestrator(agent_check_interval_s=3600)
 
 
 async def _agents(stub, role: str = "") -> dict[str, agents_pb2.Agent]:
@@ -105,3 +89,22 @@ async def test_a_heartbeat_from_an_unknown_agent_is_not_found(orchestrator) -> N
                 A.HeartbeatRequest(agent_id="task_agent/ghost", state=A.AGENT_STATE_IDLE)
             )
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_agent_that_fails_its_health_check_is_marked_unresponsive(
+    orchestrator, make_task_agent
+) -> None:
+    address = f"127.0.0.1:{orchestrator.server.port}"
+    healthy = await make_task_agent(registry_address=address)
+    failing = await make_task_agent(registry_address=address)
+    async with channel_to(orchestrator.server.port, "orchestrator", role="viewer") as channel:
+        stub = agents_pb2_grpc.AgentRegistryServiceStub(channel)
+        await _until(stub, lambda f: healthy.agent_id in f and failing.agent_id in f)
+        # Its process lives (heartbeats would go on) but it no longer serves.
+        await failing.server.set_serving(False)
+
+        assert await orchestrator.agent_checks.check() == [failing.agent_id]
+
+        found = await _agents(stub)
+        assert found[failing.agent_id].state == A.AGENT_STATE_UNRESPONSIVE
+        assert found[healthy.agent_id].state in (A.AGENT_STATE_IDLE, A.AGENT_STATE_ACTIVE)

@@ -5,9 +5,12 @@ import json
 
 import grpc
 import pytest
+import redis.asyncio as redis
 
+from agentry.events.v1 import events_pb2
 from agentry.workflows.v1 import workflows_pb2 as W
 from agentry.workflows.v1 import workflows_pb2_grpc
+from libs.common.redis_client import Keys
 from tests.integration.workflow_client import register, start, until_ended
 from tests.secure import channel_to
 
@@ -165,3 +168,47 @@ async def test_a_start_with_the_same_idempotency_key_is_the_same_run(workflows) 
     assert first.run.id == second.run.id
     listed = await workflows.ListRuns(W.ListRunsRequest(workflow="signup"))
     assert [r.id for r in listed.runs] == [first.run.id]
+
+
+async def test_watch_streams_the_run_until_it_ends_and_events_tell_each_change(
+    workflows, redis_url, redis_prefix
+) -> None:
+    await register(workflows, SIGNUP)
+    started = await start(workflows, "signup", {"user": 3, "images": ["x"], "vip": True})
+    seen = [
+        reply.run async for reply in workflows.WatchRun(W.WatchRunRequest(run_id=started.run.id))
+    ]
+    assert seen[-1].state == W.RUN_STATE_SUCCEEDED
+    assert all(r.state == W.RUN_STATE_RUNNING for r in seen[:-1])
+    client = redis.Redis.from_url(redis_url)
+    entries = await client.xrange(Keys(redis_prefix).event_stream())
+    await client.aclose()
+    mine = [
+        (e.type, json.loads(e.data).get("step"))
+        for _, fields in entries
+        for e in events_pb2.EventBatch.FromString(fields[b"e"]).events
+        if e.subject == f"run/{started.run.id}"
+    ]
+    assert mine[0] == ("run.started", None) and mine[-1] == ("run.succeeded", None)
+    for step in ("profile", "avatars", "welcome", "vip"):
+        assert ("step.started", step) in mine and ("step.succeeded", step) in mine
+
+
+async def test_a_run_past_its_timeout_fails_and_its_tasks_are_cancelled(
+    make_task_agent, make_orchestrator
+) -> None:
+    agent = await make_task_agent()
+    orchestrator = await make_orchestrator(agent, reconcile_interval_s=0.2)
+    async with channel_to(orchestrator.server.port, "orchestrator") as channel:
+        stub = workflows_pb2_grpc.WorkflowServiceStub(channel)
+        slow = {
+            "name": "slow",
+            "timeout_s": 1,
+            "steps": [{"name": "nap", "type": "sleep", "input": {"seconds": 30}}],
+        }
+        await register(stub, slow)
+        started = await start(stub, "slow", {})
+        run = await until_ended(stub, started.run.id)
+    assert run.state == W.RUN_STATE_FAILED
+    assert "timed out" in run.error
+    assert _steps(run)["nap"].state == W.STEP_STATE_CANCELLED
