@@ -39,7 +39,7 @@ test: venv lint check-protos
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common services dev
+	$(BIN)/mypy libs/common services dev cli
 	$(BIN)/buf lint protos
 	$(BIN)/buf format --diff --exit-code protos
 
@@ -64,6 +64,7 @@ check-protos: venv
 
 bench: venv
 	$(PY) -m bench.run
+	$(PY) -m bench.workflows
 
 clean:
 	rm -rf .cache .dev

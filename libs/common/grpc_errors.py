@@ -3,6 +3,7 @@ answers a raised error with its status, and clients turn a status back into the 
 error."""
 
 import grpc
+import psycopg
 import structlog
 
 from libs.common import errors
@@ -48,6 +49,11 @@ async def abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: s
         if isinstance(exc, errors.ResourceExhausted):
             context.set_trailing_metadata((("retry-after", f"{exc.retry_after_s:.3f}"),))
         await context.abort(status_for(exc), str(exc))
+    if isinstance(exc, psycopg.DataError):
+        # A value Postgres cannot hold (a NUL in text, a number out of range): the
+        # caller's input, refused as it is, without the statement.
+        reason = str(exc).splitlines()[0] if str(exc) else "a value cannot be stored"
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
     if isinstance(exc, NotImplementedError):  # a generated base servicer: not built yet
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented yet")
     log.exception("unhandled error in rpc", method=method)

@@ -14,12 +14,15 @@ from libs.common.audit import AuditLog
 from libs.common.db import create_engine
 from libs.common.lifecycle import AgentState, Lifecycle
 from libs.common.rbac import Policy
+from libs.common.redis_client import Keys, create_redis
 from libs.common.registration import RegistryReporter
 from libs.common.security import load_security
 from services.gateway import problems
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.clients import Services
-from services.gateway.routes import agents, audit, tasks, workflows
+from services.gateway.live_events import LiveEvents
+from services.gateway.rate_limit import PrincipalRateLimit
+from services.gateway.routes import agents, audit, events, hooks, tasks, workflows
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -56,6 +59,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_size=2)
+        app.state.redis = create_redis(settings.redis_url)
+        app.state.rate_limit = PrincipalRateLimit(
+            app.state.redis,
+            settings.redis_prefix,
+            settings.rate_limit_per_s,
+            settings.rate_limit_burst,
+        )
         app.state.audit = AuditLog(engine)
         app.state.services = Services(
             settings.task_service_address,
@@ -78,6 +88,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             load=lambda: 0.0,
             identity=security.identity,
         )
+        event_redis = create_redis(settings.redis_url)
+        app.state.live_events = LiveEvents(
+            event_redis, Keys(settings.redis_prefix), settings.events_queue_size
+        )
+        app.state.event_ping_interval_s = settings.events_ping_interval_s
+        reading_events = asyncio.create_task(app.state.live_events.run())
         await lifecycle.move(AgentState.INITIALIZED)
         await lifecycle.move(AgentState.ACTIVE)
         stop = asyncio.Event()
@@ -85,10 +101,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         yield
         stop.set()
         await reporting
+        reading_events.cancel()
+        await asyncio.wait([reading_events])
+        await event_redis.aclose()
         await lifecycle.move(AgentState.TERMINATED)
         await reporter.close()
         await app.state.services.close()
         await engine.dispose()
+        await app.state.redis.aclose()
 
     app = FastAPI(
         title="Agentry",
@@ -103,6 +123,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(audit.router)
     app.include_router(workflows.router)
+    app.include_router(hooks.make_router(settings))
+    app.include_router(events.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

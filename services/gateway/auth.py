@@ -1,7 +1,7 @@
 """Who is calling and whether they may: a bearer JWT names a person or program and a role,
 and the RBAC policy (libs/common/rbac.toml) decides each route. A refusal is audited. The
 caller's token is relayed with every call the request makes, so the services authorise
-the person too."""
+the person too. Each principal's requests are rate-limited, across replicas."""
 
 import secrets
 from typing import Annotated
@@ -13,6 +13,7 @@ from libs.common.audit import AuditEntry
 from libs.common.channels import Relayed, relay
 from libs.common.errors import PermissionDenied, Unauthenticated
 from libs.common.tokens import Principal, verify
+from services.gateway.rate_limit import PrincipalRateLimit
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT with a role: viewer, operator or admin.")
 
@@ -27,6 +28,14 @@ def _traceparent(request: Request) -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
+async def _count(request: Request, principal: Principal) -> None:
+    """Raises ResourceExhausted (429) when `principal` is over its rate limit. An app built
+    without one (tests that mount a single router) has no limit."""
+    limit: PrincipalRateLimit | None = getattr(request.app.state, "rate_limit", None)
+    if limit is not None:
+        await limit.take(principal.subject)
+
+
 async def authorize(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -34,6 +43,7 @@ async def authorize(
     auth = request.app.state.auth
     traceparent = _traceparent(request)
     if auth.disabled:
+        await _count(request, ANONYMOUS_ADMIN)
         relay(Relayed(traceparent=traceparent))
         return ANONYMOUS_ADMIN
     route = request.scope["route"].path
@@ -43,6 +53,8 @@ async def authorize(
         if credentials is None:
             raise Unauthenticated("a bearer token is required")
         principal = verify(credentials.credentials, auth.public_key, auth.audience)
+        # Before the policy: refused requests cost an audit row each, so they count too.
+        await _count(request, principal)
         if not auth.policy.allows_http(principal.role, request.method, route):
             raise PermissionDenied(f"role {principal.role} may not {action}")
     except (Unauthenticated, PermissionDenied) as exc:

@@ -14,6 +14,8 @@ from libs.common.errors import InvalidArgument
 
 JSON_MEDIA_TYPE = "application/json"
 YAML_MEDIA_TYPES = frozenset({"application/yaml", "text/yaml"})
+# Versions are int32 in the protos: a larger one cannot even be sent.
+MAX_VERSION = 2**31 - 1
 
 
 def definition_bytes(media_type: str, raw: bytes) -> bytes:
@@ -83,7 +85,7 @@ class StartRunIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: Any = Field(default_factory=dict)
     # Absent or 0: the latest version.
-    version: int | None = Field(None, ge=0)
+    version: int | None = Field(None, ge=0, le=MAX_VERSION)
     idempotency_key: str | None = Field(None, max_length=200)
 
     def to_proto(

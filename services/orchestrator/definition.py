@@ -37,9 +37,11 @@ _EVENT_TYPE = re.compile(r"[a-z]+(\.[a-z_]+)+")
 _INDEX = re.compile(r"[0-9]+")
 _WORKFLOW_KEYS = ("name", "timeout_s", "steps", "on_failure", "triggers", "schedule")
 _STEP_KEYS = (
-    "name", "type", "input", "depends_on", "for_each", "when", "retry", "timeout_s", "fallback",
-    "queue",
+    "name", "type", "workflow", "input", "depends_on", "for_each", "when", "retry", "timeout_s",
+    "fallback", "queue",
 )  # fmt: skip
+# A step that runs a child workflow takes none of a task's own settings.
+_TASK_ONLY_KEYS = ("retry", "timeout_s", "fallback", "queue")
 _RETRY_KEYS = ("max_attempts", "initial_backoff_s", "max_backoff_s")
 
 
@@ -62,6 +64,9 @@ class StepDef:
     timeout_s: float | None = None
     fallback: str | None = None
     queue: str | None = None
+    # Set (and `type` empty) for a step that runs a run of this workflow, its input the
+    # step's input, its output the child run's output.
+    workflow: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,21 +126,24 @@ class WorkflowDef:
         return order
 
 
-def parse_definition(name: str, raw: bytes, known_types: set[str] | None) -> WorkflowDef:
+def parse_definition(
+    name: str, raw: bytes, known_types: set[str] | None, known_workflows: set[str] | None = None
+) -> WorkflowDef:
     """A JSON or YAML definition, registered as `name`, checked and normalized. With
-    `known_types`, every step's type and fallback must be served by some agent."""
+    `known_types`, every step's type and fallback must be served by some agent; with
+    `known_workflows`, every child workflow must be registered."""
     if len(raw) > MAX_DEFINITION_BYTES:
         raise InvalidArgument(
             f"a workflow definition is limited to {MAX_DEFINITION_BYTES // 1024} KiB; "
             f"this one is {len(raw)} bytes"
         )
-    return _build(name, _load_document(raw), known_types)
+    return _build(name, _load_document(raw), known_types, known_workflows)
 
 
 def load_definition(name: str, raw: bytes) -> WorkflowDef:
     """A definition as `dump_definition` stored it; agents may have come and gone since, so
     types are not checked again."""
-    return _build(name, _load_document(raw), None)
+    return _build(name, _load_document(raw), None, None)
 
 
 def dump_definition(defn: WorkflowDef) -> bytes:
@@ -155,7 +163,11 @@ def dump_definition(defn: WorkflowDef) -> bytes:
 
 
 def _step_doc(step: StepDef) -> dict[str, Any]:
-    doc: dict[str, Any] = {"name": step.name, "type": step.type, "input": step.input}
+    doc: dict[str, Any] = {"name": step.name, "input": step.input}
+    if step.workflow is not None:
+        doc["workflow"] = step.workflow
+    else:
+        doc["type"] = step.type
     if step.depends_on:
         doc["depends_on"] = list(step.depends_on)
     if step.retry is not None:
@@ -234,7 +246,9 @@ def _check_keys(obj: Mapping[str, Any], allowed: tuple[str, ...], label: str) ->
             raise InvalidArgument(f'{label}: unknown key "{key}"{hint}')
 
 
-def _build(name: str, doc: Any, known_types: set[str] | None) -> WorkflowDef:
+def _build(
+    name: str, doc: Any, known_types: set[str] | None, known_workflows: set[str] | None
+) -> WorkflowDef:
     if not _WORKFLOW_NAME.fullmatch(name):
         raise InvalidArgument(
             f"workflow name {_show(name)} must be 1-63 lowercase letters, digits, '.', '_' or "
@@ -264,6 +278,13 @@ def _build(name: str, doc: Any, known_types: set[str] | None) -> WorkflowDef:
         _step(raw, f'step "{n}"', known_types, set(names))
         for n, raw in zip(names, raw_steps, strict=True)
     )
+    for step in steps:
+        if step.workflow == name:
+            raise InvalidArgument(f'step "{step.name}": a workflow cannot run itself')
+        if known_workflows is not None and step.workflow and step.workflow not in known_workflows:
+            raise InvalidArgument(
+                f'step "{step.name}": no workflow "{step.workflow}" is registered'
+            )
     cycle = _find_cycle(steps)
     if cycle:
         path = " -> ".join(f'"{n}"' for n in cycle)
@@ -326,9 +347,19 @@ def _step(
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise InvalidArgument(f"{label}: queue must be a non-empty string")
     fallback = raw.get("fallback")
+    child = raw.get("workflow")
+    if child is not None:
+        if "type" in raw:
+            raise InvalidArgument(f"{label}: a step runs a type or a workflow, not both")
+        if not isinstance(child, str) or not _WORKFLOW_NAME.fullmatch(child):
+            raise InvalidArgument(f"{label}: workflow must name a workflow")
+        for key in _TASK_ONLY_KEYS:
+            if raw.get(key) is not None:
+                raise InvalidArgument(f"{label}: a step that runs a workflow takes no {key}")
     return StepDef(
         name=name,
-        type=_type_name(raw.get("type"), label, "type", known_types),
+        type="" if child is not None else _type_name(raw.get("type"), label, "type", known_types),
+        workflow=child,
         input=raw.get("input", {}),
         depends_on=depends_on,
         for_each=for_each,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -39,6 +39,9 @@ class RunRecord:
     created_at: datetime
     updated_at: datetime
     deadline_at: datetime | None
+    # Set for a child workflow's run: the run and step that started it.
+    parent_run_id: uuid.UUID | None = None
+    depth: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,22 @@ class StepTask:
     item: Item
     started_at: datetime
     finished_at: datetime | None
+
+
+class TaskEndLike(Protocol):
+    """How a task (or a child run) ended: what a step records of it."""
+
+    @property
+    def task_id(self) -> uuid.UUID: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def output(self) -> Any: ...
+
+    @property
+    def error(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,8 @@ class RunStore:
             created_at=row.created_at,
             updated_at=row.updated_at,
             deadline_at=row.deadline_at,
+            parent_run_id=row.parent_run_id,
+            depth=row.depth,
         )
 
     # -- definitions ---------------------------------------------------------------------
@@ -114,6 +135,11 @@ class RunStore:
                 )
             ).one()
         return WorkflowRecord(row.name, row.version, bytes(row.definition), row.created_at)
+
+    async def workflow_names(self) -> set[str]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.text("SELECT DISTINCT name FROM orchestrator.workflows"))
+            return {row.name for row in rows}
 
     async def workflow(self, name: str, version: int = 0) -> WorkflowRecord | None:
         query = (
@@ -151,35 +177,54 @@ class RunStore:
         deadline_s: float | None,
     ) -> tuple[RunRecord, bool]:
         """The new run (created=True), or the one that already holds the idempotency key."""
-        run_id = uuid.uuid4()
         async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.text(
-                        "INSERT INTO orchestrator.runs (id, workflow, version, state, input,"
-                        " idempotency_key, created_at, updated_at, deadline_at)"
-                        " VALUES (:id, :workflow, :version, 'RUNNING', :input, :key, now(), now(),"
-                        " now() + make_interval(secs => :deadline))"
-                        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
-                    ),
-                    {
-                        "id": run_id,
-                        "workflow": workflow.name,
-                        "version": workflow.version,
-                        "input": self._seal(run_input, "runs.input", run_id),
-                        "key": idempotency_key,
-                        "deadline": deadline_s,
-                    },
-                )
-            ).first()
-            if row is not None:
-                return self._run(row), True
-            existing = (
-                await conn.execute(
-                    sa.text("SELECT * FROM orchestrator.runs WHERE idempotency_key = :key"),
-                    {"key": idempotency_key},
-                )
-            ).one()
+            return await self._insert_run(
+                conn, workflow, run_input, idempotency_key, deadline_s, None
+            )
+
+    async def _insert_run(
+        self,
+        conn: AsyncConnection,
+        workflow: WorkflowRecord,
+        run_input: Any,
+        idempotency_key: str | None,
+        deadline_s: float | None,
+        parent: tuple[uuid.UUID, str, int] | None,
+    ) -> tuple[RunRecord, bool]:
+        parent_run, parent_step, depth = parent or (None, None, 0)
+        run_id = uuid.uuid4()
+        row = (
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO orchestrator.runs (id, workflow, version, state, input,"
+                    " idempotency_key, created_at, updated_at, deadline_at, parent_run_id,"
+                    " parent_step, depth)"
+                    " VALUES (:id, :workflow, :version, 'RUNNING', :input, :key, now(), now(),"
+                    " now() + make_interval(secs => :deadline), :parent_run, :parent_step,"
+                    " :depth)"
+                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+                ),
+                {
+                    "id": run_id,
+                    "workflow": workflow.name,
+                    "version": workflow.version,
+                    "input": self._seal(run_input, "runs.input", run_id),
+                    "key": idempotency_key,
+                    "deadline": deadline_s,
+                    "parent_run": parent_run,
+                    "parent_step": parent_step,
+                    "depth": depth,
+                },
+            )
+        ).first()
+        if row is not None:
+            return self._run(row), True
+        existing = (
+            await conn.execute(
+                sa.text("SELECT * FROM orchestrator.runs WHERE idempotency_key = :key"),
+                {"key": idempotency_key},
+            )
+        ).one()
         return self._run(existing), False
 
     async def run(self, run_id: uuid.UUID) -> RunRecord | None:
@@ -287,6 +332,20 @@ class RunTx:
         )
         return found, [Mark(r.step, StepState(r.state), r.error, r.at) for r in marks]
 
+    async def insert_child(
+        self,
+        workflow: WorkflowRecord,
+        run_input: Any,
+        idempotency_key: str,
+        deadline_s: float | None,
+        parent: tuple[uuid.UUID, str, int],
+    ) -> tuple[RunRecord, bool]:
+        """A child run, in the parent's transaction (its row references the locked parent:
+        from another transaction it would wait for the parent's lock)."""
+        return await self._store._insert_run(
+            self._conn, workflow, run_input, idempotency_key, deadline_s, parent
+        )
+
     async def add_tasks(
         self, run_id: uuid.UUID, step: str, attempt: int, task_ids: Sequence[uuid.UUID]
     ) -> None:
@@ -304,24 +363,33 @@ class RunTx:
             {"run_id": run_id, "step": step, "attempt": attempt, "tasks": list(task_ids)},
         )
 
-    async def finish_task(
-        self, task_id: uuid.UUID, state: StepState, output: Any, error: str
-    ) -> bool:
-        """Records a task's end on its step; False if it is not (or no longer) running."""
-        sealed = (
-            self._store._seal(output, "step_tasks.output", task_id)
-            if state == StepState.SUCCEEDED
+    async def finish_tasks(self, ends: Sequence["TaskEndLike"]) -> None:
+        """Records how tasks ended on their steps, in one statement; an end for a task that
+        is not (or no longer) running changes nothing."""
+        if not ends:
+            return
+        outputs = [
+            self._store._seal(e.output, "step_tasks.output", e.task_id)
+            if e.state == StepState.SUCCEEDED
             else None
-        )
-        row = await self._conn.execute(
+            for e in ends
+        ]
+        await self._conn.execute(
             sa.text(
-                "UPDATE orchestrator.step_tasks SET state = :state, output = :output,"
-                " error = :error, finished_at = now()"
-                " WHERE task_id = :task_id AND state = 'RUNNING' RETURNING 1"
+                "UPDATE orchestrator.step_tasks t SET state = v.state, output = v.output,"
+                " error = v.error, finished_at = now()"
+                " FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]),"
+                " CAST(:outputs AS bytea[]), CAST(:errors AS text[]))"
+                " AS v(task_id, state, output, error)"
+                " WHERE t.task_id = v.task_id AND t.state = 'RUNNING'"
             ),
-            {"task_id": task_id, "state": state.value, "output": sealed, "error": error},
+            {
+                "ids": [e.task_id for e in ends],
+                "states": [e.state for e in ends],
+                "outputs": outputs,
+                "errors": [e.error for e in ends],
+            },
         )
-        return row.first() is not None
 
     async def mark(self, run_id: uuid.UUID, step: str, state: StepState, error: str) -> None:
         await self._conn.execute(
@@ -334,17 +402,20 @@ class RunTx:
             {"run_id": run_id, "step": step, "state": state.value, "error": error},
         )
 
-    async def cancel_steps(self, run_id: uuid.UUID, steps: Sequence[str]) -> list[uuid.UUID]:
-        """Marks the running tasks of `steps` cancelled; answers their task ids."""
+    async def cancel_steps(
+        self, run_id: uuid.UUID, steps: Sequence[str]
+    ) -> list[tuple[str, uuid.UUID]]:
+        """Marks the running tasks (or child runs) of `steps` cancelled; answers them by
+        step."""
         rows = await self._conn.execute(
             sa.text(
                 "UPDATE orchestrator.step_tasks SET state = 'CANCELLED', finished_at = now()"
                 " WHERE run_id = :run_id AND step = ANY(:steps) AND state = 'RUNNING'"
-                " RETURNING task_id"
+                " RETURNING step, task_id"
             ),
             {"run_id": run_id, "steps": list(steps)},
         )
-        return [row.task_id for row in rows if row.task_id is not None]
+        return [(row.step, row.task_id) for row in rows if row.task_id is not None]
 
     async def retry(self, run_id: uuid.UUID, on_failure: str | None) -> list[str]:
         """Failed and cancelled steps (and the on_failure step) start over, in the run's

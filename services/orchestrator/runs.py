@@ -4,6 +4,8 @@ idempotency keys (run, step, item, attempt): an orchestrator that dies anywhere 
 run another one (or its restart) advances from where it stood, and no step is dispatched
 twice."""
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections import defaultdict
@@ -19,6 +21,7 @@ from libs.common.events import EventBus, make_events
 from services.orchestrator.dag import (
     Item,
     RunState,
+    Start,
     StepState,
     StepView,
     plan_run,
@@ -41,6 +44,12 @@ from services.orchestrator.run_store import (
 from services.orchestrator.task_client import TaskClient, TaskEnd, task_spec
 
 log = structlog.get_logger(__name__)
+
+# Child workflows nest at most this deep (a workflow cannot run itself, but A may run B
+# which runs A).
+MAX_DEPTH = 8
+# Runs advanced at once by one orchestrator (each holds a database connection).
+ADVANCING_AT_ONCE = 6
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,9 @@ class Runs:
     # -- definitions ---------------------------------------------------------------------
 
     async def register(self, name: str, raw: bytes) -> WorkflowRecord:
-        defn = parse_definition(name, raw, await self._tasks.task_types())
+        defn = parse_definition(
+            name, raw, await self._tasks.task_types(), await self._store.workflow_names()
+        )
         record = await self._store.add_workflow(name, dump_definition(defn))
         await self._events.publish(
             "workflow.registered", f"workflow/{name}", {"name": name, "version": record.version}
@@ -169,7 +180,8 @@ class Runs:
     async def advance(self, run_id: uuid.UUID, ends: Sequence[TaskEnd] = ()) -> None:
         """Records `ends` on their steps, then does what the run's plan says."""
         events: list[tuple[str, str, Any]] = []
-        cancelled: list[uuid.UUID] = []
+        cancelled: list[tuple[str, uuid.UUID]] = []
+        children: list[uuid.UUID] = []
         async with self._store.locked(run_id) as tx:
             if tx is None:
                 return
@@ -178,8 +190,7 @@ class Runs:
                 return
             defn = await self._definition(run.workflow, run.version)
             before = _views(defn, *(await tx.steps(run_id)))
-            for end in ends:
-                await tx.finish_task(end.task_id, StepState(end.state), end.output, end.error)
+            await tx.finish_tasks(ends)
             views = _views(defn, *(await tx.steps(run_id))) if ends else before
             for name, view in views.items():
                 if view.state != before[name].state and view.state != StepState.RUNNING:
@@ -191,10 +202,30 @@ class Runs:
                 await tx.set_run(run_id, RunState.FAILED, error="the workflow timed out")
                 events.append(("run.failed", "", {"error": "the workflow timed out"}))
             else:
-                await self._carry_out(tx, run, defn, views, events, cancelled)
+                await self._carry_out(tx, run, defn, views, events, cancelled, children)
+            ended = await tx.run(run_id)
         await self._publish(run_id, events)
-        if cancelled:
-            await self._tasks.cancel(cancelled)
+        await self._stop_work(defn, cancelled)
+        for child in children:
+            await self.advance(child)
+        if ended.state != RunState.RUNNING and ended.parent_run_id is not None:
+            await self._tell_parent(ended)
+
+    async def _tell_parent(self, child: RunRecord) -> None:
+        """A child run ended: its step in the parent run ends the same way."""
+        assert child.parent_run_id is not None
+        end = TaskEnd(child.id, child.state.value, child.output, child.error)
+        await self.advance(child.parent_run_id, [end])
+
+    async def _stop_work(self, defn: WorkflowDef, work: Sequence[tuple[str, uuid.UUID]]) -> None:
+        """Cancels cancelled steps' tasks, and their child runs."""
+        tasks = [ident for step, ident in work if not defn.step(step).workflow]
+        if tasks:
+            await self._tasks.cancel(tasks)
+        for step, ident in work:
+            if defn.step(step).workflow:
+                with contextlib.suppress(FailedPrecondition):  # it ended meanwhile
+                    await self.cancel(str(ident))
 
     async def _carry_out(
         self,
@@ -203,7 +234,8 @@ class Runs:
         defn: WorkflowDef,
         views: dict[str, StepView],
         events: list[tuple[str, str, Any]],
-        cancelled: list[uuid.UUID],
+        cancelled: list[tuple[str, uuid.UUID]],
+        children: list[uuid.UUID],
     ) -> None:
         plan = plan_run(defn, run.input, views)
         for name, state, error in plan.marks:
@@ -212,24 +244,66 @@ class Runs:
         if plan.cancel:
             cancelled += await tx.cancel_steps(run.id, plan.cancel)
             events += [("step.cancelled", name, {}) for name in plan.cancel]
-        if plan.start:
+        tasks = [start for start in plan.start if not start.step.workflow]
+        if tasks:
             specs = [
                 task_spec(start.step, payload, run.id, item, run.attempt)
-                for start in plan.start
+                for start in tasks
                 for item, payload in enumerate(start.payloads)
             ]
             task_ids = await self._tasks.submit(specs)
             offset = 0
-            for start in plan.start:
+            for start in tasks:
                 mine = task_ids[offset : offset + len(start.payloads)]
                 offset += len(start.payloads)
                 await tx.add_tasks(run.id, start.step.name, run.attempt, mine)
                 events.append(("step.started", start.step.name, {"tasks": len(mine)}))
+        for start in plan.start:
+            if start.step.workflow:
+                await self._start_children(tx, run, start, events, children)
         if plan.ended is not None:
             await tx.set_run(run.id, plan.ended, plan.output, plan.error)
             events.append((f"run.{plan.ended.lower()}", "", {"error": plan.error}))
         else:
             await tx.touch(run.id)
+
+    async def _start_children(
+        self,
+        tx: RunTx,
+        run: RunRecord,
+        start: Start,
+        events: list[tuple[str, str, Any]],
+        children: list[uuid.UUID],
+    ) -> None:
+        """A run of the step's workflow per item, keyed like tasks so a retried plan finds
+        the same runs; they start once the parent's transaction has committed."""
+        step = start.step
+        assert step.workflow is not None
+        error = ""
+        if run.depth + 1 > MAX_DEPTH:
+            error = f"child workflows nest deeper than {MAX_DEPTH}"
+        else:
+            try:
+                record = await self.workflow(step.workflow)
+            except NotFound as exc:
+                error = str(exc)
+        if error:
+            await tx.mark(run.id, step.name, StepState.FAILED, error)
+            events.append(("step.failed", step.name, {"error": error}))
+            return
+        child_defn = await self._definition(record.name, record.version)
+        ids = []
+        for item, payload in enumerate(start.payloads):
+            key = f"run:{run.id}:{step.name}:{item}:{run.attempt}"
+            parent = (run.id, step.name, run.depth + 1)
+            child, created = await tx.insert_child(
+                record, payload, key, child_defn.timeout_s, parent
+            )
+            ids.append(child.id)
+            if created:
+                children.append(child.id)
+        await tx.add_tasks(run.id, step.name, run.attempt, ids)
+        events.append(("step.started", step.name, {"runs": len(ids)}))
 
     async def _publish(self, run_id: uuid.UUID, events: list[tuple[str, str, Any]]) -> None:
         if not events:
@@ -250,12 +324,18 @@ class Runs:
         by_run: dict[uuid.UUID, list[TaskEnd]] = defaultdict(list)
         for run_id, end in ends:
             by_run[run_id].append(end)
-        for run_id, run_ends in by_run.items():
-            await self.advance(run_id, run_ends)
+        # Runs advance side by side (each under its own lock), a few at a time: a run's
+        # advance mostly waits on Postgres and TaskService.
+        gate = asyncio.Semaphore(ADVANCING_AT_ONCE)
+
+        async def one(run_id: uuid.UUID, run_ends: list[TaskEnd]) -> None:
+            async with gate:
+                await self.advance(run_id, run_ends)
+
+        await asyncio.gather(*(one(run_id, run_ends) for run_id, run_ends in by_run.items()))
 
     async def cancel(self, run_id: str) -> RunRecord:
         rid = _uuid(run_id, "run id")
-        cancelled: list[uuid.UUID] = []
         async with self._store.locked(rid) as tx:
             if tx is None:
                 raise NotFound(f"no run {run_id}")
@@ -273,8 +353,11 @@ class Runs:
         await self._publish(
             rid, [*(("step.cancelled", n, {}) for n in running), ("run.cancelled", "", {})]
         )
-        await self._tasks.cancel(cancelled)
-        return await self._run(rid)
+        await self._stop_work(defn, cancelled)
+        ended = await self._run(rid)
+        if ended.parent_run_id is not None:
+            await self._tell_parent(ended)
+        return ended
 
     async def retry(self, run_id: str) -> RunRecord:
         rid = _uuid(run_id, "run id")
@@ -297,8 +380,19 @@ class Runs:
         past their deadline: asks TaskService how their running tasks ended."""
         advanced = 0
         for run_id in await self._store.stale_runs(stale_s, limit):
+            run = await self._run(run_id)
+            defn = await self._definition(run.workflow, run.version)
             tasks, _ = await self._store.steps_of(run_id)
-            running = [t.task_id for t in tasks if t.item.state == StepState.RUNNING and t.task_id]
-            await self.advance(run_id, await self._tasks.ends(running))
+            running = [t for t in tasks if t.item.state == StepState.RUNNING and t.task_id]
+            ends = await self._tasks.ends(
+                [t.task_id for t in running if t.task_id and not defn.step(t.step).workflow]
+            )
+            for task in running:
+                if task.task_id is None or not defn.step(task.step).workflow:
+                    continue
+                child = await self._store.run(task.task_id)
+                if child is not None and child.state != RunState.RUNNING:
+                    ends.append(TaskEnd(child.id, child.state.value, child.output, child.error))
+            await self.advance(run_id, ends)
             advanced += 1
         return advanced

@@ -53,7 +53,8 @@ EXPECTED = {
     "viewer": READS,
     "operator": READS | OPERATES,
     "admin": READS | OPERATES | ADMINISTERS,
-    "gateway": REGISTERS,  # on its own; for people it relays their role decides
+    # On its own (inbound webhooks start runs); for people it relays their role decides.
+    "gateway": REGISTERS | {"StartRun"},
     "task_agent": REGISTERS,
     "orchestrator": REGISTERS
     | {

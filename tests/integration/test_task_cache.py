@@ -32,9 +32,11 @@ async def test_a_finished_task_is_read_from_the_cache(make_task_agent, redis_url
 async def test_every_change_reaches_the_cache(make_task_agent) -> None:
     agent = await make_task_agent()
     async with stub_for(agent) as stub:
-        retry = S.RetryPolicy(max_attempts=3, initial_backoff_s=0.2, max_backoff_s=0.2)
-        task = await submit(stub, "fail", {"times": 1}, retry=retry)
-        # WatchTask reads through the cache: it sees the retry, then the success.
+        retry = S.RetryPolicy(max_attempts=3, initial_backoff_s=1.0, max_backoff_s=1.0)
+        # Delayed, so the watch is in place before the first attempt fails however busy
+        # the machine is; WatchTask reads through the cache: it sees the retry, then the
+        # success.
+        task = await submit(stub, "fail", {"times": 1}, retry=retry, delay_s=0.5)
         seen = [u.task.state async for u in stub.WatchTask(S.WatchTaskRequest(task_id=task.id))]
 
     assert S.TASK_STATE_RETRYING in seen

@@ -212,3 +212,65 @@ async def test_a_run_past_its_timeout_fails_and_its_tasks_are_cancelled(
     assert run.state == W.RUN_STATE_FAILED
     assert "timed out" in run.error
     assert _steps(run)["nap"].state == W.STEP_STATE_CANCELLED
+
+
+async def test_a_step_runs_a_child_workflow_per_item_and_takes_its_output(workflows) -> None:
+    child = {
+        "name": "resize",
+        "steps": [
+            {"name": "small", "type": "echo", "input": {"img": {"$ref": "input.img"}, "px": 64}},
+            {"name": "large", "type": "echo", "depends_on": ["small"],
+             "input": {"from": {"$ref": "steps.small.output.img"}, "px": 512}},
+        ],
+    }  # fmt: skip
+    parent = {
+        "name": "gallery",
+        "steps": [
+            {"name": "each", "workflow": "resize", "for_each": {"$ref": "input.images"},
+             "input": {"img": {"$ref": "item"}}},
+            {"name": "done", "type": "echo", "depends_on": ["each"],
+             "input": {"sizes": {"$ref": "steps.each.output"}}},
+        ],
+    }  # fmt: skip
+    await register(workflows, child)
+    await register(workflows, parent)
+    started = await start(workflows, "gallery", {"images": ["a.png", "b.png"]})
+    run = await until_ended(workflows, started.run.id)
+    assert run.state == W.RUN_STATE_SUCCEEDED, run
+    sizes = json.loads(_steps(run)["done"].output)["sizes"]
+    assert sizes == [
+        {"large": {"from": "a.png", "px": 512}},
+        {"large": {"from": "b.png", "px": 512}},
+    ]
+    children = [
+        (await workflows.GetRun(W.GetRunRequest(run_id=i))).run
+        for i in _steps(run)["each"].task_ids
+    ]
+    assert [c.workflow for c in children] == ["resize", "resize"]
+    assert {c.state for c in children} == {W.RUN_STATE_SUCCEEDED}
+
+
+async def test_an_unknown_or_self_child_workflow_is_refused(workflows) -> None:
+    for bad, detail in (
+        ({"name": "loop", "steps": [{"name": "me", "workflow": "loop"}]}, "cannot run itself"),
+        ({"name": "orphan", "steps": [{"name": "x", "workflow": "nowhere"}]}, "nowhere"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await register(workflows, bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert detail in refused.value.details()
+
+
+async def test_cancelling_a_parent_cancels_its_child_runs(workflows) -> None:
+    await register(
+        workflows,
+        {"name": "nap", "steps": [{"name": "z", "type": "sleep", "input": {"seconds": 30}}]},
+    )
+    await register(workflows, {"name": "outer", "steps": [{"name": "inner", "workflow": "nap"}]})
+    started = await start(workflows, "outer", {})
+    run = (await workflows.GetRun(W.GetRunRequest(run_id=started.run.id))).run
+    [child_id] = _steps(run)["inner"].task_ids
+    await workflows.CancelRun(W.CancelRunRequest(run_id=started.run.id))
+    child = (await workflows.GetRun(W.GetRunRequest(run_id=child_id))).run
+    assert child.state == W.RUN_STATE_CANCELLED
+    assert _steps(child)["z"].state == W.STEP_STATE_CANCELLED

@@ -3,9 +3,10 @@
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Request, status
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 
 from agentry.tasks.v1 import tasks_pb2
+from libs.common.errors import InvalidArgument
 from services.gateway.auth import Authorized
 from services.gateway.clients import Services
 from services.gateway.models import (
@@ -33,33 +34,70 @@ TaskState = Annotated[
     Query(pattern="^(QUEUED|RUNNING|RETRYING|SUCCEEDED|FAILED|CANCELLED)$"),
 ]
 PageSize = Annotated[int, Query(ge=1, le=500)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="Repeating a request with the same key answers what the first one made.",
+    ),
+]
 
 
 def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-@router.post("/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
+@router.post(
+    "/tasks",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskOut,
+    responses={
+        status.HTTP_200_OK: {
+            "model": TaskOut,
+            "description": "The task an earlier request with the same idempotency key created",
+        }
+    },
+)
 async def submit_task(
     request: Request,
+    response: Response,
     task: TaskIn,
     principal: Authorized,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> TaskOut:
+    if idempotency_key and task.idempotency_key and task.idempotency_key != idempotency_key:
+        raise InvalidArgument("the Idempotency-Key header and the body's idempotency_key differ")
     services = _services(request)
     reply = await services.call(
         services.tasks.SubmitTask,
         tasks_pb2.SubmitTaskRequest(task=task.to_proto(idempotency_key)),
     )
+    if not reply.created:
+        response.status_code = status.HTTP_200_OK
     return TaskOut.from_proto(reply.task)
 
 
 @router.post("/tasks/batch", status_code=status.HTTP_201_CREATED, response_model=BatchOut)
-async def submit_tasks(request: Request, batch: BatchIn, principal: Authorized) -> BatchOut:
+async def submit_tasks(
+    request: Request,
+    batch: BatchIn,
+    principal: Authorized,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=190,
+            description="Task i without a key of its own gets the key `<Idempotency-Key>:i`.",
+        ),
+    ] = None,
+) -> BatchOut:
+    # A replay answers 201 too: SubmitTasksResponse does not say which tasks were new.
     services = _services(request)
+    specs = [
+        t.to_proto(f"{idempotency_key}:{i}" if idempotency_key else None)
+        for i, t in enumerate(batch.tasks)
+    ]
     reply = await services.call(
-        services.tasks.SubmitTasks,
-        tasks_pb2.SubmitTasksRequest(tasks=[t.to_proto() for t in batch.tasks]),
+        services.tasks.SubmitTasks, tasks_pb2.SubmitTasksRequest(tasks=specs)
     )
     return BatchOut(tasks=[TaskOut.from_proto(t) for t in reply.tasks])
 

@@ -9,6 +9,7 @@ from services.gateway.auth import Authorized
 from services.gateway.clients import Services
 from services.gateway.workflow_models import (
     JSON_MEDIA_TYPE,
+    MAX_VERSION,
     YAML_MEDIA_TYPES,
     PageQuery,
     RunOut,
@@ -67,7 +68,7 @@ async def get_workflow(
     request: Request,
     name: str,
     principal: Authorized,
-    version: Annotated[int, Query(ge=0, description="0 or absent: the latest")] = 0,
+    version: Annotated[int, Query(ge=0, le=MAX_VERSION, description="0 or absent: the latest")] = 0,
 ) -> WorkflowOut:
     services = _services(request)
     reply = await services.call(
