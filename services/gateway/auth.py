@@ -20,7 +20,7 @@ _bearer = HTTPBearer(auto_error=False, description="A JWT with a role: viewer, o
 ANONYMOUS_ADMIN = Principal(subject="anonymous", role="admin")
 
 
-def _traceparent(request: Request) -> str:
+def traceparent_of(request: Request) -> str:
     """The request's W3C trace context, or a new one."""
     incoming = request.headers.get("traceparent", "")
     if len(incoming.split("-")) == 4:
@@ -41,7 +41,7 @@ async def authorize(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     auth = request.app.state.auth
-    traceparent = _traceparent(request)
+    traceparent = traceparent_of(request)
     if auth.disabled:
         await _count(request, ANONYMOUS_ADMIN)
         relay(Relayed(traceparent=traceparent))

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from libs.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 
 # The signing scheme lives with the sender; one copy of it, so both ends always agree.
-from services.task_agent.http_builtins import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+from libs.common.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 
 
 class InboundHook(BaseModel):

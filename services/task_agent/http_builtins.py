@@ -8,8 +8,6 @@ that rate-limits that host backs off, not only the one that was told."""
 
 import asyncio
 import codecs
-import hashlib
-import hmac
 import ipaddress
 import json
 import math
@@ -22,6 +20,13 @@ from typing import Any
 
 import httpx
 
+from libs.common.webhooks import (
+    EVENT_HEADER,
+    ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+)
 from services.task_agent.handlers import NonRetryableError, RetryableError, TaskContext, task
 from services.task_agent.limits import RateLimiter
 from services.task_agent.model import RetryPolicy
@@ -40,10 +45,6 @@ MAX_RATE_WAIT_S = 10.0
 # An upstream cannot push a retry further out than this.
 MAX_RETRY_AFTER_S = 3600.0
 
-SIGNATURE_HEADER = "Agentry-Webhook-Signature"
-TIMESTAMP_HEADER = "Agentry-Webhook-Timestamp"
-ID_HEADER = "Agentry-Webhook-Id"
-EVENT_HEADER = "Agentry-Webhook-Event"
 _WEBHOOK_OWN_HEADERS = frozenset(
     h.lower() for h in (SIGNATURE_HEADER, TIMESTAMP_HEADER, ID_HEADER, EVENT_HEADER)
 ) | {"content-type"}
@@ -191,41 +192,6 @@ async def deliver_webhook(payload: Any, ctx: TaskContext) -> dict[str, Any]:
             f"HTTP {response.status} from {call.where}: not delivered (redirects are not followed)"
         )
     return {"status": response.status, "delivered_at": datetime.now(UTC).isoformat()}
-
-
-# Signatures, for receivers (and the gateway) as much as for the sender
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The `Agentry-Webhook-Signature` value: `v1=` and the hex HMAC-SHA256, keyed with
-    `secret`, of `f"{timestamp}.".encode() + body` (the raw body, exactly as sent)."""
-    mac = hmac.new(secret.encode(), f"{int(timestamp)}.".encode() + body, hashlib.sha256)
-    return f"v1={mac.hexdigest()}"
-
-
-def verify(
-    secret: str,
-    timestamp: int | str,
-    body: bytes,
-    signature: str,
-    tolerance_s: float = 300,
-    now: float | None = None,
-) -> bool:
-    """True when `signature` (the header; several comma-separated values are allowed, for
-    secret rotation) signs `body` at `timestamp` and that is within `tolerance_s` of `now`
-    (default: the current time), which refuses replays of old deliveries."""
-    try:
-        ts = int(timestamp)
-    except (TypeError, ValueError):
-        return False
-    if not isinstance(signature, str):
-        return False
-    current = time.time() if now is None else now
-    if abs(current - ts) > tolerance_s:
-        return False
-    expected = sign(secret, ts, body).encode()
-    matches = [hmac.compare_digest(expected, s.strip().encode()) for s in signature.split(",")]
-    return any(matches)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -18,7 +18,7 @@ from agentry.events.v1 import events_pb2
 from dev.embedded import free_port
 from dev.stack import Stack
 from libs.common.redis_client import Keys
-from services.task_agent.http_builtins import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from libs.common.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 PROBLEM = "application/problem+json"
 ECHO = {"steps": [{"name": "one", "type": "echo", "input": {"got": {"$ref": "input"}}}]}

@@ -18,7 +18,8 @@ from structlog.testing import capture_logs
 
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.redis_client import Keys, create_redis
-from services.task_agent.http_builtins import MAX_RESPONSE_BYTES, verify
+from libs.common.webhooks import verify
+from services.task_agent.http_builtins import MAX_RESPONSE_BYTES
 from services.task_agent.limits import RateLimiter
 from tests.secure import channel_to
 

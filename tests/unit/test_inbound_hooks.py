@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from libs.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from libs.common.webhooks import sign
 from services.gateway.inbound_hooks import (
     Hook,
     InboundHook,
@@ -15,7 +16,6 @@ from services.gateway.inbound_hooks import (
     find,
     parse_json,
 )
-from services.task_agent.http_builtins import sign
 
 NOW = 1_700_000_000
 TOLERANCE = 300.0

@@ -3,7 +3,7 @@ receiver's; a changed body, a wrong secret, or an old or far-future timestamp is
 
 import pytest
 
-from services.task_agent.http_builtins import sign, verify
+from libs.common.webhooks import sign, verify
 
 SECRET = "whsec_test"
 TS = 1_700_000_000

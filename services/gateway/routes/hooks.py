@@ -19,7 +19,7 @@ from libs.common.errors import AgentryError, Unavailable
 from libs.common.events import EventBus
 from libs.common.grpc_errors import status_for
 from libs.common.redis_client import Keys
-from services.gateway.auth import _traceparent
+from services.gateway.auth import traceparent_of
 from services.gateway.clients import Services
 from services.gateway.inbound_hooks import (
     SIGNATURE_HEADER,
@@ -106,7 +106,7 @@ def make_router(settings: GatewaySettings) -> APIRouter:
         """Starts the hook's workflow with the body as input, or publishes the body as the
         hook's event. Signed like Agentry's own outbound webhooks (`webhook.deliver`)."""
         hook = find(hooks, name)
-        traceparent = _traceparent(request)
+        traceparent = traceparent_of(request)
         # No person behind a hook: its calls carry the gateway's own token only.
         relay(Relayed(traceparent=traceparent))
         await _count(request, hook)
