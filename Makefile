@@ -65,6 +65,7 @@ check-protos: venv
 bench: venv
 	$(PY) -m bench.run
 	$(PY) -m bench.workflows
+	$(PY) -m bench.events_ws
 
 clean:
 	rm -rf .cache .dev

@@ -1,5 +1,6 @@
 import asyncio
 import contextlib
+import gc
 from collections.abc import Iterator
 
 import uvicorn
@@ -39,6 +40,11 @@ async def serve(settings: GatewaySettings) -> None:
 def main() -> None:
     settings = GatewaySettings()
     configure_logging("gateway", settings.instance, settings.log_format, settings.log_level)
+    # A gateway holding a thousand WebSockets has ~150k objects: a full collection then
+    # pauses every client for 100-200 ms. What start-up made is never collected again, and
+    # collections come less often (bench/events_ws.py: p99 150 ms -> 5 ms).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     asyncio.run(serve(settings))
 
 
