@@ -1,5 +1,6 @@
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -16,6 +17,34 @@ _instances = itertools.count(1)
 MakeAgent = Callable[..., Awaitable[TaskAgentApp]]
 
 
+def _in_process(clean_db: str, redis_url: str, redis_prefix: str, identity: str) -> dict[str, Any]:
+    """Settings of a service started in this process on this test's database and Redis
+    prefix, with the certificate of `identity`."""
+    return {
+        "database_url": clean_db,
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+        "grpc_port": 0,
+        "migrate_on_start": False,
+        "instance": f"{identity}-{next(_instances)}",
+        "log_format": "console",
+        "shutdown_grace_s": 2.0,
+        "tls_dir": dev_secrets().tls_dir(identity),
+        **security_settings(),
+    }
+
+
+@asynccontextmanager
+async def _running(apps: list[Any]) -> AsyncIterator[None]:
+    """Stops, at the end, the apps the test left running."""
+    try:
+        yield
+    finally:
+        for app in apps:
+            if app.lifecycle.state.value != "TERMINATED":
+                await app.stop()
+
+
 @pytest.fixture
 async def make_task_agent(
     clean_db: str, redis_url: str, redis_prefix: str
@@ -25,29 +54,15 @@ async def make_task_agent(
     running: list[TaskAgentApp] = []
 
     async def make(**overrides: Any) -> TaskAgentApp:
-        fields: dict[str, Any] = {
-            "database_url": clean_db,
-            "redis_url": redis_url,
-            "redis_prefix": redis_prefix,
-            "grpc_port": 0,
-            "migrate_on_start": False,
-            "instance": f"test-{next(_instances)}",
-            "log_format": "console",
-            "shutdown_grace_s": 2.0,
-            "reconcile_interval_s": 0.5,
-            "tls_dir": dev_secrets().tls_dir("task-agent"),
-            **security_settings(),
-        }
-        fields.update(overrides)
+        fields = _in_process(clean_db, redis_url, redis_prefix, "task-agent")
+        fields.update({"reconcile_interval_s": 0.5, **overrides})
         app = TaskAgentApp(TaskAgentSettings(**fields))
         await app.start()
         running.append(app)
         return app
 
-    yield make
-    for app in running:
-        if app.lifecycle.state.value != "TERMINATED":
-            await app.stop()
+    async with _running(running):
+        yield make
 
 
 MakeOrchestrator = Callable[..., Awaitable[OrchestratorApp]]
@@ -62,18 +77,7 @@ async def make_orchestrator(
     running: list[OrchestratorApp] = []
 
     async def make(task_agent: TaskAgentApp | None = None, **overrides: Any) -> OrchestratorApp:
-        fields: dict[str, Any] = {
-            "database_url": clean_db,
-            "redis_url": redis_url,
-            "redis_prefix": redis_prefix,
-            "grpc_port": 0,
-            "migrate_on_start": False,
-            "instance": f"orchestrator-{next(_instances)}",
-            "log_format": "console",
-            "shutdown_grace_s": 2.0,
-            "tls_dir": dev_secrets().tls_dir("orchestrator"),
-            **security_settings(),
-        }
+        fields = _in_process(clean_db, redis_url, redis_prefix, "orchestrator")
         if task_agent is not None:
             fields["task_service_address"] = f"127.0.0.1:{task_agent.server.port}"
         fields.update(overrides)
@@ -82,10 +86,8 @@ async def make_orchestrator(
         running.append(app)
         return app
 
-    yield make
-    for app in running:
-        if app.lifecycle.state.value != "TERMINATED":
-            await app.stop()
+    async with _running(running):
+        yield make
 
 
 @pytest.fixture

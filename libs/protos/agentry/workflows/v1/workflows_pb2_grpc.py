@@ -448,3 +448,172 @@ class WorkflowService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class WebhookSubscriptionServiceStub:
+    """WebhookSubscriptionService keeps the outbound webhook subscriptions: every event whose
+    type one of them names is delivered to its URL by a `webhook.deliver` task, signed with
+    its secret (retried with backoff, dead-lettered after the last attempt).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateSubscription = channel.unary_unary(
+                '/agentry.workflows.v1.WebhookSubscriptionService/CreateSubscription',
+                request_serializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.CreateSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/agentry.workflows.v1.WebhookSubscriptionService/ListSubscriptions',
+                request_serializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSubscription = channel.unary_unary(
+                '/agentry.workflows.v1.WebhookSubscriptionService/DeleteSubscription',
+                request_serializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.DeleteSubscriptionResponse.FromString,
+                _registered_method=True)
+
+
+class WebhookSubscriptionServiceServicer:
+    """WebhookSubscriptionService keeps the outbound webhook subscriptions: every event whose
+    type one of them names is delivered to its URL by a `webhook.deliver` task, signed with
+    its secret (retried with backoff, dead-lettered after the last attempt).
+    """
+
+    def CreateSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """Every subscription (there are at most a hundred or so: no pages).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSubscription(self, request, context):
+        """Deliveries already submitted still run; no new ones are made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WebhookSubscriptionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubscription,
+                    request_deserializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.CreateSubscriptionResponse.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSubscription,
+                    request_deserializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=agentry_dot_workflows_dot_v1_dot_workflows__pb2.DeleteSubscriptionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'agentry.workflows.v1.WebhookSubscriptionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('agentry.workflows.v1.WebhookSubscriptionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WebhookSubscriptionService:
+    """WebhookSubscriptionService keeps the outbound webhook subscriptions: every event whose
+    type one of them names is delivered to its URL by a `webhook.deliver` task, signed with
+    its secret (retried with backoff, dead-lettered after the last attempt).
+    """
+
+    @staticmethod
+    def CreateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentry.workflows.v1.WebhookSubscriptionService/CreateSubscription',
+            agentry_dot_workflows_dot_v1_dot_workflows__pb2.CreateSubscriptionRequest.SerializeToString,
+            agentry_dot_workflows_dot_v1_dot_workflows__pb2.CreateSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentry.workflows.v1.WebhookSubscriptionService/ListSubscriptions',
+            agentry_dot_workflows_dot_v1_dot_workflows__pb2.ListSubscriptionsRequest.SerializeToString,
+            agentry_dot_workflows_dot_v1_dot_workflows__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentry.workflows.v1.WebhookSubscriptionService/DeleteSubscription',
+            agentry_dot_workflows_dot_v1_dot_workflows__pb2.DeleteSubscriptionRequest.SerializeToString,
+            agentry_dot_workflows_dot_v1_dot_workflows__pb2.DeleteSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -140,3 +140,64 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the run as it is now, then every change until it is terminal."""
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class WebhookSubscriptionServiceStub:
+    """WebhookSubscriptionService keeps the outbound webhook subscriptions: every event whose
+    type one of them names is delivered to its URL by a `webhook.deliver` task, signed with
+    its secret (retried with backoff, dead-lettered after the last attempt).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WebhookSubscriptionServiceAsyncStub: ...
+    CreateSubscription: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.CreateSubscriptionRequest, _workflows_pb2.CreateSubscriptionResponse]
+    ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListSubscriptionsRequest, _workflows_pb2.ListSubscriptionsResponse]
+    """Every subscription (there are at most a hundred or so: no pages)."""
+    DeleteSubscription: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.DeleteSubscriptionRequest, _workflows_pb2.DeleteSubscriptionResponse]
+    """Deliveries already submitted still run; no new ones are made."""
+
+@_typing.type_check_only
+class WebhookSubscriptionServiceAsyncStub(WebhookSubscriptionServiceStub):
+    """WebhookSubscriptionService keeps the outbound webhook subscriptions: every event whose
+    type one of them names is delivered to its URL by a `webhook.deliver` task, signed with
+    its secret (retried with backoff, dead-lettered after the last attempt).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateSubscription: _aio.UnaryUnaryMultiCallable[_workflows_pb2.CreateSubscriptionRequest, _workflows_pb2.CreateSubscriptionResponse]  # type: ignore[assignment]
+    ListSubscriptions: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListSubscriptionsRequest, _workflows_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    """Every subscription (there are at most a hundred or so: no pages)."""
+    DeleteSubscription: _aio.UnaryUnaryMultiCallable[_workflows_pb2.DeleteSubscriptionRequest, _workflows_pb2.DeleteSubscriptionResponse]  # type: ignore[assignment]
+    """Deliveries already submitted still run; no new ones are made."""
+
+class WebhookSubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
+    """WebhookSubscriptionService keeps the outbound webhook subscriptions: every event whose
+    type one of them names is delivered to its URL by a `webhook.deliver` task, signed with
+    its secret (retried with backoff, dead-lettered after the last attempt).
+    """
+
+    @_abc_1.abstractmethod
+    def CreateSubscription(
+        self,
+        request: _workflows_pb2.CreateSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.CreateSubscriptionResponse, _abc.Awaitable[_workflows_pb2.CreateSubscriptionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSubscriptions(
+        self,
+        request: _workflows_pb2.ListSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.ListSubscriptionsResponse, _abc.Awaitable[_workflows_pb2.ListSubscriptionsResponse]]:
+        """Every subscription (there are at most a hundred or so: no pages)."""
+
+    @_abc_1.abstractmethod
+    def DeleteSubscription(
+        self,
+        request: _workflows_pb2.DeleteSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.DeleteSubscriptionResponse, _abc.Awaitable[_workflows_pb2.DeleteSubscriptionResponse]]:
+        """Deliveries already submitted still run; no new ones are made."""
+
+def add_WebhookSubscriptionServiceServicer_to_server(servicer: WebhookSubscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
