@@ -263,18 +263,19 @@ class RunStore:
 
     async def steps_of(self, run_id: uuid.UUID) -> tuple[list[StepTask], list[Mark]]:
         async with self._engine.connect() as conn:
-            return await RunTx(conn, self).steps(run_id)
+            return await _steps(conn, self, run_id)
 
     @asynccontextmanager
     async def locked(self, run_id: uuid.UUID) -> AsyncIterator["RunTx | None"]:
         """A transaction holding the run's row lock; None when there is no such run."""
         async with self._engine.begin() as conn:
-            tx = RunTx(conn, self)
-            found = await conn.execute(
-                sa.text("SELECT 1 FROM orchestrator.runs WHERE id = :id FOR UPDATE"),
-                {"id": run_id},
-            )
-            yield tx if found.first() else None
+            found = (
+                await conn.execute(
+                    sa.text("SELECT * FROM orchestrator.runs WHERE id = :id FOR UPDATE"),
+                    {"id": run_id},
+                )
+            ).first()
+            yield RunTx(conn, self, self._run(found)) if found else None
 
     async def stale_runs(self, older_than_s: float, limit: int) -> list[uuid.UUID]:
         """Running runs nobody changed for a while (a completion may have been lost), or
@@ -292,45 +293,14 @@ class RunStore:
 class RunTx:
     """Reads and writes of one run inside its locked transaction."""
 
-    def __init__(self, conn: AsyncConnection, store: RunStore) -> None:
+    def __init__(self, conn: AsyncConnection, store: RunStore, run: RunRecord) -> None:
         self._conn = conn
         self._store = store
-
-    async def run(self, run_id: uuid.UUID) -> RunRecord:
-        row = (
-            await self._conn.execute(
-                sa.text("SELECT * FROM orchestrator.runs WHERE id = :id"), {"id": run_id}
-            )
-        ).one()
-        return self._store._run(row)
+        # The run as it was when its lock was taken.
+        self.run = run
 
     async def steps(self, run_id: uuid.UUID) -> tuple[list[StepTask], list[Mark]]:
-        tasks = await self._conn.execute(
-            sa.text("SELECT * FROM orchestrator.step_tasks WHERE run_id = :id ORDER BY step, item"),
-            {"id": run_id},
-        )
-        found = [
-            StepTask(
-                step=row.step,
-                task_id=row.task_id,
-                item=Item(
-                    row.item,
-                    row.attempt,
-                    StepState(row.state),
-                    self._store._open(row.output, "step_tasks.output", row.task_id)
-                    if row.output is not None
-                    else None,
-                    row.error,
-                ),
-                started_at=row.started_at,
-                finished_at=row.finished_at,
-            )
-            for row in tasks
-        ]
-        marks = await self._conn.execute(
-            sa.text("SELECT * FROM orchestrator.step_marks WHERE run_id = :id"), {"id": run_id}
-        )
-        return found, [Mark(r.step, StepState(r.state), r.error, r.at) for r in marks]
+        return await _steps(self._conn, self._store, run_id)
 
     async def insert_child(
         self,
@@ -471,3 +441,34 @@ class RunTx:
             sa.text("UPDATE orchestrator.runs SET updated_at = now() WHERE id = :id"),
             {"id": run_id},
         )
+
+
+async def _steps(
+    conn: AsyncConnection, store: RunStore, run_id: uuid.UUID
+) -> tuple[list[StepTask], list[Mark]]:
+    tasks = await conn.execute(
+        sa.text("SELECT * FROM orchestrator.step_tasks WHERE run_id = :id ORDER BY step, item"),
+        {"id": run_id},
+    )
+    found = [
+        StepTask(
+            step=row.step,
+            task_id=row.task_id,
+            item=Item(
+                row.item,
+                row.attempt,
+                StepState(row.state),
+                store._open(row.output, "step_tasks.output", row.task_id)
+                if row.output is not None
+                else None,
+                row.error,
+            ),
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+        for row in tasks
+    ]
+    marks = await conn.execute(
+        sa.text("SELECT * FROM orchestrator.step_marks WHERE run_id = :id"), {"id": run_id}
+    )
+    return found, [Mark(r.step, StepState(r.state), r.error, r.at) for r in marks]

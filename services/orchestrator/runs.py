@@ -10,7 +10,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +71,22 @@ def _uuid(value: str, what: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidArgument(f"{what} {value!r} is not a UUID") from None
+
+
+def _with_ends(tasks: Sequence[StepTask], ends: Sequence[TaskEnd]) -> list[StepTask]:
+    """The steps' tasks once `ends` are recorded (as `RunTx.finish_tasks` records them)."""
+    by_task = {end.task_id: end for end in ends}
+    updated = []
+    for task in tasks:
+        end = by_task.get(task.task_id) if task.task_id else None
+        if end is not None and task.item.state == StepState.RUNNING:
+            state = StepState(end.state)
+            output = end.output if state == StepState.SUCCEEDED else None
+            task = replace(
+                task, item=replace(task.item, state=state, output=output, error=end.error)
+            )
+        updated.append(task)
+    return updated
 
 
 def _views(
@@ -185,13 +201,14 @@ class Runs:
         async with self._store.locked(run_id) as tx:
             if tx is None:
                 return
-            run = await tx.run(run_id)
+            run = tx.run
             if run.state != RunState.RUNNING:
                 return
             defn = await self._definition(run.workflow, run.version)
-            before = _views(defn, *(await tx.steps(run_id)))
+            tasks, marks = await tx.steps(run_id)
+            before = _views(defn, tasks, marks)
             await tx.finish_tasks(ends)
-            views = _views(defn, *(await tx.steps(run_id))) if ends else before
+            views = _views(defn, _with_ends(tasks, ends), marks) if ends else before
             for name, view in views.items():
                 if view.state != before[name].state and view.state != StepState.RUNNING:
                     events.append((f"step.{view.state.lower()}", name, {"error": view.error}))
@@ -201,15 +218,15 @@ class Runs:
                 events += [("step.cancelled", n, {}) for n in running]
                 await tx.set_run(run_id, RunState.FAILED, error="the workflow timed out")
                 events.append(("run.failed", "", {"error": "the workflow timed out"}))
+                ended = True
             else:
-                await self._carry_out(tx, run, defn, views, events, cancelled, children)
-            ended = await tx.run(run_id)
+                ended = await self._carry_out(tx, run, defn, views, events, cancelled, children)
         await self._publish(run_id, events)
         await self._stop_work(defn, cancelled)
         for child in children:
             await self.advance(child)
-        if ended.state != RunState.RUNNING and ended.parent_run_id is not None:
-            await self._tell_parent(ended)
+        if ended and run.parent_run_id is not None:
+            await self._tell_parent(await self._run(run_id))
 
     async def _tell_parent(self, child: RunRecord) -> None:
         """A child run ended: its step in the parent run ends the same way."""
@@ -236,7 +253,8 @@ class Runs:
         events: list[tuple[str, str, Any]],
         cancelled: list[tuple[str, uuid.UUID]],
         children: list[uuid.UUID],
-    ) -> None:
+    ) -> bool:
+        """Carries out the run's plan; answers whether the run ended."""
         plan = plan_run(defn, run.input, views)
         for name, state, error in plan.marks:
             await tx.mark(run.id, name, state, error)
@@ -264,8 +282,9 @@ class Runs:
         if plan.ended is not None:
             await tx.set_run(run.id, plan.ended, plan.output, plan.error)
             events.append((f"run.{plan.ended.lower()}", "", {"error": plan.error}))
-        else:
-            await tx.touch(run.id)
+            return True
+        await tx.touch(run.id)
+        return False
 
     async def _start_children(
         self,
@@ -339,7 +358,7 @@ class Runs:
         async with self._store.locked(rid) as tx:
             if tx is None:
                 raise NotFound(f"no run {run_id}")
-            run = await tx.run(rid)
+            run = tx.run
             if run.state != RunState.RUNNING:
                 raise FailedPrecondition(f"run {run_id} is {run.state.value}, not RUNNING")
             defn = await self._definition(run.workflow, run.version)
@@ -364,7 +383,7 @@ class Runs:
         async with self._store.locked(rid) as tx:
             if tx is None:
                 raise NotFound(f"no run {run_id}")
-            run = await tx.run(rid)
+            run = tx.run
             if run.state not in (RunState.FAILED, RunState.CANCELLED):
                 raise FailedPrecondition(
                     f"run {run_id} is {run.state.value}: only a failed or cancelled run is retried"
