@@ -6,6 +6,7 @@ with their status."""
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,8 @@ AUDITED = frozenset(
         "/agentry.workflows.v1.WorkflowService/StartRun",
         "/agentry.workflows.v1.WorkflowService/CancelRun",
         "/agentry.workflows.v1.WorkflowService/RetryRun",
+        "/agentry.workflows.v1.WebhookSubscriptionService/CreateSubscription",
+        "/agentry.workflows.v1.WebhookSubscriptionService/DeleteSubscription",
         "/agentry.analysis.v1.AnalysisService/AnalyzeCanary",
         "/agentry.analysis.v1.AnalysisService/RunAnalysis",
     }
@@ -62,6 +65,13 @@ class Caller:
 
 
 UNKNOWN = Caller("unknown", "")
+
+_caller: ContextVar[Caller] = ContextVar("agentry_caller", default=UNKNOWN)
+
+
+def current_caller() -> Caller:
+    """Who made the call being served (UNKNOWN outside one, or with security off)."""
+    return _caller.get()
 
 
 class Authenticator:
@@ -143,11 +153,18 @@ def _resource(request: Any, response: Any) -> str:
     for message in (response, request):
         if message is None:
             continue
-        for field in ("task_id", "dead_letter_id", "run_id", "workflow_id", "name"):
+        for field in (
+            "task_id",
+            "dead_letter_id",
+            "run_id",
+            "workflow_id",
+            "subscription_id",
+            "name",
+        ):
             value = getattr(message, field, None)
             if isinstance(value, str) and value:
                 return f"{field}={value}"
-        for field in ("task", "run", "workflow"):
+        for field in ("task", "run", "workflow", "subscription"):
             if field in message.DESCRIPTOR.fields_by_name and message.HasField(field):
                 value = getattr(message, field)
                 ident = getattr(value, "id", "") or getattr(value, "name", "")
@@ -234,6 +251,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
             trace_id, caller = _trace_id(metadata), None
             try:
                 caller = self._admit(method, context, metadata)
+                _caller.set(caller)
                 response = await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -252,6 +270,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
             trace_id, caller = _trace_id(metadata), None
             try:
                 caller = self._admit(method, context, metadata)
+                _caller.set(caller)
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:

@@ -4,6 +4,7 @@ error."""
 
 import grpc
 import psycopg
+import sqlalchemy.exc
 import structlog
 
 from libs.common import errors
@@ -49,10 +50,11 @@ async def abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: s
         if isinstance(exc, errors.ResourceExhausted):
             context.set_trailing_metadata((("retry-after", f"{exc.retry_after_s:.3f}"),))
         await context.abort(status_for(exc), str(exc))
-    if isinstance(exc, psycopg.DataError):
-        # A value Postgres cannot hold (a NUL in text, a number out of range): the
-        # caller's input, refused as it is, without the statement.
-        reason = str(exc).splitlines()[0] if str(exc) else "a value cannot be stored"
+    # A value Postgres cannot hold (a NUL in text, a number out of range), from psycopg or
+    # wrapped by SQLAlchemy: the caller's input, refused as it is, without the statement.
+    data_error = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if isinstance(data_error, psycopg.DataError):
+        reason = str(data_error).splitlines()[0] if str(data_error) else "a value cannot be stored"
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
     if isinstance(exc, NotImplementedError):  # a generated base servicer: not built yet
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented yet")

@@ -1,15 +1,36 @@
 """Webhook signatures, one scheme both ways: the task agents' `webhook.deliver` signs what
 it sends, the gateway verifies what it receives (`POST /v1/hooks/{name}`), and receivers
-of our webhooks can use `verify` as it is."""
+of our webhooks can use `verify` as it is. Also what binds a subscription's secret, sealed
+by the orchestrator for the task agents, to the one delivery it is sealed for."""
 
 import hashlib
 import hmac
+import json
 import time
+import uuid
+from typing import Any
 
 SIGNATURE_HEADER = "Agentry-Webhook-Signature"
 TIMESTAMP_HEADER = "Agentry-Webhook-Timestamp"
 ID_HEADER = "Agentry-Webhook-Id"
 EVENT_HEADER = "Agentry-Webhook-Event"
+
+
+def canonical_json(value: Any) -> bytes:
+    """A webhook body as sent: compact JSON with sorted keys, UTF-8, so the same value always
+    gives the same bytes. Raises ValueError for what JSON cannot carry (NaN, infinity)."""
+    return json.dumps(
+        value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def sealed_secret_aad(subscription_id: str, url: str, body: bytes) -> bytes:
+    """The associated data a subscription's secret is sealed under for one delivery: the
+    subscription, the URL and the exact body. Whoever can read (or copy) a delivery task
+    sees only ciphertext, and that ciphertext signs that one body to that one URL, nothing
+    else."""
+    digest = hashlib.sha256(url.encode() + b"\n" + body).digest()
+    return b"webhook.secret:" + uuid.UUID(subscription_id).bytes + digest
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

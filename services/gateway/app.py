@@ -22,7 +22,15 @@ from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.clients import Services
 from services.gateway.live_events import LiveEvents
 from services.gateway.rate_limit import PrincipalRateLimit
-from services.gateway.routes import agents, audit, events, hooks, tasks, workflows
+from services.gateway.routes import (
+    agents,
+    audit,
+    events,
+    hooks,
+    tasks,
+    webhook_subscriptions,
+    workflows,
+)
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -123,6 +131,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(audit.router)
     app.include_router(workflows.router)
+    app.include_router(webhook_subscriptions.router)
     app.include_router(hooks.make_router(settings))
     app.include_router(events.router)
 

@@ -40,6 +40,10 @@ class Services:
         return self._orchestrator_channel.stub(workflows_pb2_grpc.WorkflowServiceStub)
 
     @property
+    def subscriptions(self) -> workflows_pb2_grpc.WebhookSubscriptionServiceStub:
+        return self._orchestrator_channel.stub(workflows_pb2_grpc.WebhookSubscriptionServiceStub)
+
+    @property
     def agents(self) -> agents_pb2_grpc.AgentRegistryServiceStub:
         return self._orchestrator_channel.stub(agents_pb2_grpc.AgentRegistryServiceStub)
 

@@ -1,5 +1,6 @@
 """The orchestrator process: WorkflowService (runs advanced from the durable event stream,
-a reconciler, schedules and event triggers) and the agent registry."""
+a reconciler, schedules and event triggers), the outbound webhook subscriptions (events
+from the same stream delivered as webhooks) and the agent registry."""
 
 import json
 import uuid
@@ -23,10 +24,14 @@ from services.orchestrator.agent_checks import AgentChecks
 from services.orchestrator.agent_store import AgentStore
 from services.orchestrator.cron import cron_matches
 from services.orchestrator.definition import WorkflowDef, load_definition
+from services.orchestrator.deliveries import DeliveryRetry, WebhookDeliveries
 from services.orchestrator.run_store import RunStore
 from services.orchestrator.runs import Runs
 from services.orchestrator.servicer import AgentRegistryServicer
 from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.subscription_servicer import WebhookSubscriptionServicer
+from services.orchestrator.subscription_store import SubscriptionStore
+from services.orchestrator.subscriptions import Subscriptions
 from services.orchestrator.task_client import TaskClient, TaskEnd
 from services.orchestrator.workflow_servicer import WorkflowServicer
 
@@ -50,10 +55,26 @@ class OrchestratorApp(GrpcApp):
         self.tasks = TaskClient(
             settings.task_service_address, security.identity, settings.rpc_timeout_s
         )
-        store = RunStore(self._engine, keyring_from_settings(settings))
+        keyring = keyring_from_settings(settings)
+        store = RunStore(self._engine, keyring)
         agent_store = AgentStore(self._engine)
         self.agent_checks = AgentChecks(agent_store, security.identity, timeout_s=3.0)
         self.runs = Runs(store, self.tasks, self.events)
+        subscription_store = SubscriptionStore(self._engine, keyring)
+        self.webhooks = WebhookDeliveries(
+            subscription_store,
+            self.tasks,
+            keyring,
+            DeliveryRetry(
+                settings.webhook_max_attempts,
+                settings.webhook_initial_backoff_s,
+                settings.webhook_max_backoff_s,
+            ),
+            settings.webhook_subscriptions_refresh_s,
+        )
+        subscriptions = Subscriptions(
+            subscription_store, settings.webhook_max_subscriptions, self.webhooks.changed
+        )
         super().__init__(
             settings,
             [
@@ -61,6 +82,13 @@ class OrchestratorApp(GrpcApp):
                     workflows_pb2_grpc.add_WorkflowServiceServicer_to_server,
                     WorkflowServicer(self.runs, self.events),
                     workflows_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
+                ),
+                (
+                    workflows_pb2_grpc.add_WebhookSubscriptionServiceServicer_to_server,
+                    WebhookSubscriptionServicer(subscriptions),
+                    workflows_pb2.DESCRIPTOR.services_by_name[
+                        "WebhookSubscriptionService"
+                    ].full_name,
                 ),
                 (
                     agents_pb2_grpc.add_AgentRegistryServiceServicer_to_server,
@@ -96,8 +124,9 @@ class OrchestratorApp(GrpcApp):
             await pause(self._stop, self._orchestrator_settings.agent_check_interval_s)
 
     async def _follow_tasks(self) -> None:
-        """Task ends (and events that trigger workflows) from the durable stream, in the
-        group every orchestrator shares: each once, none lost across a crash."""
+        """Task ends (and events that trigger workflows or are delivered as webhooks) from
+        the durable stream, in the group every orchestrator shares: each once, none lost
+        across a crash."""
         await self._consumer.ensure_group()
         while not self._stop.is_set():
             deliveries = await self._consumer.read()
@@ -105,6 +134,7 @@ class OrchestratorApp(GrpcApp):
             events = events_of(deliveries)
             await self.runs.tasks_ended(await self._ends(events))
             await self._trigger(events)
+            await self.webhooks.deliver(events)
             await self._consumer.ack(deliveries)
 
     async def _ends(self, events: list[events_pb2.Event]) -> list[tuple[uuid.UUID, TaskEnd]]:

@@ -70,6 +70,7 @@ class TaskAgentApp(GrpcApp):
                 limiter=RateLimiter(self._redis, keys),
                 secrets=settings.webhook_secrets,
                 allow_private_networks=settings.http_allow_private_networks,
+                keyring=self.keyring,
             ),
             ConcurrencySlots(self._redis, keys),
             settings.concurrency,

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import structlog
 
+from libs.common.crypto import Keyring
 from services.task_agent.limits import RateLimiter
 from services.task_agent.model import RetryPolicy, TaskType
 
@@ -40,6 +41,8 @@ class Resources:
     # Webhook signing secrets by name; payloads carry only the name.
     secrets: Mapping[str, str] = field(default_factory=dict)
     allow_private_networks: bool = False
+    # The data keys: they open the secrets the orchestrator seals for webhook deliveries.
+    keyring: Keyring = field(default_factory=Keyring.disabled)
 
 
 @dataclass

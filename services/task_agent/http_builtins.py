@@ -7,12 +7,15 @@ A 429 also empties the host's shared rate bucket for Retry-After seconds, so eve
 that rate-limits that host backs off, not only the one that was told."""
 
 import asyncio
+import base64
+import binascii
 import codecs
 import ipaddress
 import json
 import math
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,14 +23,23 @@ from typing import Any
 
 import httpx
 
+from libs.common.crypto import MAGIC, Keyring, Undecryptable
 from libs.common.webhooks import (
     EVENT_HEADER,
     ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    canonical_json,
+    sealed_secret_aad,
     sign,
 )
-from services.task_agent.handlers import NonRetryableError, RetryableError, TaskContext, task
+from services.task_agent.handlers import (
+    NonRetryableError,
+    Resources,
+    RetryableError,
+    TaskContext,
+    task,
+)
 from services.task_agent.limits import RateLimiter
 from services.task_agent.model import RetryPolicy
 
@@ -143,21 +155,21 @@ async def http_request(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     retry=RetryPolicy(max_attempts=5, initial_backoff_s=1, max_backoff_s=60),
 )
 async def deliver_webhook(payload: Any, ctx: TaskContext) -> dict[str, Any]:
-    """Payload: {"url", "body" (any JSON), "secret_ref", "headers", "event", "timeout_s",
-    "rate_limit_per_s"}. `secret_ref` names one of the agent's `webhook_secrets`: the secret
-    itself never travels in a payload, so it is not stored with the task nor shown to
-    anyone who can read tasks. POSTs the body as compact JSON with sorted keys, signed (see `sign`);
-    the webhook id is the task id, the same on every attempt. Result: {"status",
-    "delivered_at"} once the receiver answers 2xx."""
+    """Payload: {"url", "body" (any JSON), "secret_ref" | "secret_sealed" and "subscription",
+    "headers", "event", "timeout_s", "rate_limit_per_s"}. The secret itself never travels in
+    a payload, so it is not stored with the task nor shown to anyone who can read tasks:
+    `secret_ref` names one of the agent's `webhook_secrets`; `secret_sealed` (base64) is a
+    webhook subscription's secret, sealed by the orchestrator with the data keys for this
+    one delivery (bound to the subscription, the URL and the body: see
+    `libs.common.webhooks.sealed_secret_aad`). POSTs the body as compact JSON with sorted
+    keys, signed (see `sign`); the webhook id is the task id, the same on every attempt.
+    Result: {"status", "delivered_at"} once the receiver answers 2xx."""
     p = _object(payload)
-    secret_ref = p.get("secret_ref")
-    if not isinstance(secret_ref, str) or not secret_ref:
-        raise NonRetryableError("payload.secret_ref is required: the name of a webhook secret")
-    secret = ctx.resources.secrets.get(secret_ref)
-    if not secret:
-        raise NonRetryableError(f"unknown secret_ref {secret_ref!r}: no such webhook secret")
     if "body" not in p:
         raise NonRetryableError("payload.body is required (any JSON)")
+    url = _url(p.get("url"))
+    body = _compact_json(p["body"], "payload.body")
+    secret = _signing_secret(p, ctx.resources, p["url"], body)
     headers = _headers(p.get("headers"))
     clashing = sorted(k for k in headers if k.lower() in _WEBHOOK_OWN_HEADERS)
     if clashing:
@@ -167,7 +179,6 @@ async def deliver_webhook(payload: Any, ctx: TaskContext) -> dict[str, Any]:
         if not isinstance(event, str) or not event.isprintable() or not event.isascii():
             raise NonRetryableError("payload.event must be printable ASCII text")
         headers[EVENT_HEADER] = event
-    body = _compact_json(p["body"], "payload.body")
     # Signed afresh on every attempt: receivers refuse timestamps outside their tolerance.
     timestamp = int(time.time())
     headers.update(
@@ -180,7 +191,7 @@ async def deliver_webhook(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     )
     call = _Call(
         method="POST",
-        url=_url(p.get("url")),
+        url=url,
         headers=headers,
         content=body,
         timeout_s=_timeout(p.get("timeout_s")),
@@ -366,6 +377,52 @@ def _url(value: Any) -> httpx.URL:
     return url
 
 
+def _signing_secret(p: dict[str, Any], resources: Resources, url: str, body: bytes) -> str:
+    if "secret_sealed" in p:
+        if "secret_ref" in p:
+            raise NonRetryableError("give payload.secret_ref or payload.secret_sealed, not both")
+        return _open_sealed(p["secret_sealed"], p.get("subscription"), resources.keyring, url, body)
+    secret_ref = p.get("secret_ref")
+    if not isinstance(secret_ref, str) or not secret_ref:
+        raise NonRetryableError(
+            "payload.secret_ref is required: the name of a webhook secret"
+            " (or payload.secret_sealed, for a subscription's)"
+        )
+    secret = resources.secrets.get(secret_ref)
+    if not secret:
+        raise NonRetryableError(f"unknown secret_ref {secret_ref!r}: no such webhook secret")
+    return secret
+
+
+def _open_sealed(sealed: Any, subscription: Any, keyring: Keyring, url: str, body: bytes) -> str:
+    """A subscription's secret, sealed for this very delivery: one sealed for another
+    subscription, URL or body does not open."""
+    try:
+        uuid.UUID(subscription if isinstance(subscription, str) else "")
+    except ValueError:
+        raise NonRetryableError(
+            "payload.subscription is required with payload.secret_sealed: a subscription id"
+        ) from None
+    if not isinstance(sealed, str) or not sealed:
+        raise NonRetryableError("payload.secret_sealed must be base64 text")
+    try:
+        raw = base64.b64decode(sealed, validate=True)
+    except binascii.Error:
+        raise NonRetryableError("payload.secret_sealed is not base64") from None
+    # With the keys held, only a sealed value is taken (a plain one would be the caller's
+    # own secret, passed in clear).
+    if keyring.enabled and not raw.startswith(MAGIC):
+        raise NonRetryableError("payload.secret_sealed is not sealed with the data keys")
+    try:
+        return keyring.decrypt(raw, sealed_secret_aad(subscription, url, body)).decode()
+    except Undecryptable as exc:
+        raise NonRetryableError(
+            f"payload.secret_sealed does not open for this subscription, URL and body: {exc}"
+        ) from None
+    except UnicodeError:
+        raise NonRetryableError("payload.secret_sealed does not hold a text secret") from None
+
+
 def _headers(value: Any) -> dict[str, str]:
     if value is None:
         return {}
@@ -401,9 +458,6 @@ def _rate(value: Any) -> float | None:
 def _compact_json(value: Any, name: str) -> bytes:
     """Compact, sorted, UTF-8: the same value always gives the same bytes."""
     try:
-        text = json.dumps(
-            value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
-        )
+        return canonical_json(value)
     except ValueError as exc:
         raise NonRetryableError(f"{name} is not valid JSON: {exc}") from exc
-    return text.encode()

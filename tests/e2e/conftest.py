@@ -52,6 +52,11 @@ def platform(
             "AGENTRY_JWT_AUDIENCE": AUDIENCE,
             "AGENTRY_LOG_FORMAT": "json",
             "AGENTRY_MIGRATE_ON_START": "false",
+            # Webhook subscriptions deliver to receivers the tests run on this machine,
+            # retrying quickly.
+            "AGENTRY_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
+            "AGENTRY_WEBHOOK_INITIAL_BACKOFF_S": "0.05",
+            "AGENTRY_WEBHOOK_MAX_BACKOFF_S": "0.2",
         },
         log_dir=log_dir,
     )

@@ -182,3 +182,16 @@ def test_every_service_is_in_the_agent_registry(platform) -> None:
     assert all(state in {"IDLE", "ACTIVE"} for state in roles.values())
     [task_agent] = [a for a in agents if a["role"] == "task_agent"]
     assert "echo" in task_agent["task_types"]
+
+
+def test_values_postgres_cannot_store_are_a_400(platform) -> None:
+    with platform.client("admin") as admin:
+        for path, params in (
+            ("/v1/agents", {"role": "a\x00b"}),
+            ("/v1/tasks", {"type": "a\x00b"}),
+            ("/v1/runs", {"workflow": "a\x00b"}),
+        ):
+            reply = admin.get(path, params=params)
+            assert reply.status_code == 400, (path, reply.text[:200])
+            assert reply.headers["content-type"].startswith(PROBLEM)
+            assert "NUL" in reply.json()["detail"]

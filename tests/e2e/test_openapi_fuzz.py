@@ -3,9 +3,10 @@
 says.
 
 Left out: POST /v1/dead-letters/purge, which would delete the dead letters other tests of
-the shared platform make and look for. Every other route runs; made-up ids answer 404, and
-the task service refuses task types no agent serves, so the fuzzing creates next to
-nothing."""
+the shared platform make and look for; and valid requests to POST /v1/webhook-subscriptions,
+which would deliver the shared platform's events to made-up URLs (invalid ones run). Every
+other route runs; made-up ids answer 404, and the task service refuses task types no agent
+serves, so the fuzzing creates next to nothing."""
 
 import time
 
@@ -24,6 +25,7 @@ from tests.secure import AUDIENCE, dev_secrets
 # well under a minute.
 EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}
 CHECKS = [not_a_server_error, response_schema_conformance]
+NEGATIVE_ONLY = {"POST /v1/webhook-subscriptions"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,8 @@ def test_the_gateway_answers_every_request_as_its_schema_says(platform, admin_he
     for result in schema.exclude(method="POST", path="/v1/dead-letters/purge").get_all_operations():
         operation = result.ok()
         for mode in GenerationMode:
+            if mode is GenerationMode.POSITIVE and operation.label in NEGATIVE_ONLY:
+                continue
             try:
                 _fuzz(operation, mode, admin_headers)
             except Unsatisfiable:

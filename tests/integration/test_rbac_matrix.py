@@ -48,7 +48,15 @@ OPERATES = {
     "RetryRun",
     "AnalyzeCanary",
 }
-ADMINISTERS = {"PurgeDeadLetters", "RegisterWorkflow", "RunAnalysis"}
+ADMINISTERS = {
+    "PurgeDeadLetters",
+    "RegisterWorkflow",
+    "RunAnalysis",
+    # Webhook subscriptions: admins only, reading included.
+    "CreateSubscription",
+    "ListSubscriptions",
+    "DeleteSubscription",
+}
 EXPECTED = {
     "viewer": READS,
     "operator": READS | OPERATES,
@@ -74,6 +82,7 @@ SERVED_BY = {
     tasks_pb2.DESCRIPTOR.services_by_name["TaskService"]: "task-agent",
     agents_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"]: "orchestrator",
     workflows_pb2.DESCRIPTOR.services_by_name["WorkflowService"]: "orchestrator",
+    workflows_pb2.DESCRIPTOR.services_by_name["WebhookSubscriptionService"]: "orchestrator",
     analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"]: "analysis",
 }
 METHODS = [method for service in SERVED_BY for method in service.methods]
