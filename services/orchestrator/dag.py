@@ -6,7 +6,8 @@ from enum import StrEnum
 from typing import Any
 
 from libs.common.errors import InvalidArgument
-from services.orchestrator.definition import StepDef, WorkflowDef, resolve, truthy
+from services.orchestrator.definition import StepDef, WorkflowDef
+from services.orchestrator.references import resolve, truthy
 
 
 class StepState(StrEnum):

@@ -5,14 +5,13 @@ dialect that schedules runs.
 A definition is data, never code: a reference names a value and is never evaluated.
 """
 
-import copy
 import dataclasses
 import difflib
 import heapq
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ import yaml
 
 from libs.common.errors import InvalidArgument
 from services.orchestrator import cron
+from services.orchestrator.references import check_references, show
 
 MAX_DEFINITION_BYTES = 256 * 1024
 MAX_STEPS = 500
@@ -233,10 +233,6 @@ def _check_text(text: str, where: str) -> None:
         raise InvalidArgument(f"{where}: a string holds a lone surrogate") from None
 
 
-def _show(value: Any) -> str:
-    return json.dumps(value, default=str)[:60]
-
-
 def _check_keys(obj: Mapping[str, Any], allowed: tuple[str, ...], label: str) -> None:
     """Refuses unknown keys, which are mostly typos of known ones."""
     for key in obj:
@@ -251,7 +247,7 @@ def _build(
 ) -> WorkflowDef:
     if not _WORKFLOW_NAME.fullmatch(name):
         raise InvalidArgument(
-            f"workflow name {_show(name)} must be 1-63 lowercase letters, digits, '.', '_' or "
+            f"workflow name {show(name)} must be 1-63 lowercase letters, digits, '.', '_' or "
             "'-', starting with a letter or digit"
         )
     if not isinstance(doc, dict):
@@ -259,7 +255,7 @@ def _build(
     label = f'workflow "{name}"'
     _check_keys(doc, _WORKFLOW_KEYS, label)
     if doc.get("name", name) != name:
-        raise InvalidArgument(f"{label}: the definition names itself {_show(doc['name'])}")
+        raise InvalidArgument(f"{label}: the definition names itself {show(doc['name'])}")
     raw_steps = doc.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise InvalidArgument(f"{label}: steps must be a non-empty list")
@@ -302,9 +298,9 @@ def _build(
         schedule=_schedule(doc.get("schedule"), label),
     )
     for step in steps:
-        _check_references(step, f'step "{step.name}"', defn.ancestors(step.name), set(names))
+        check_references(step, f'step "{step.name}"', defn.ancestors(step.name), set(names))
     if on_failure is not None:
-        _check_references(on_failure, f'on_failure step "{on_failure.name}"', None, set(names))
+        check_references(on_failure, f'on_failure step "{on_failure.name}"', None, set(names))
     return defn
 
 
@@ -314,7 +310,7 @@ def _step_name(raw: Any, label: str, taken: list[str]) -> str:
     name = raw.get("name")
     if not isinstance(name, str) or not _STEP_NAME.fullmatch(name):
         raise InvalidArgument(
-            f"{label}: name {_show(name)} must be 1-64 letters, digits, '_' or '-'"
+            f"{label}: name {show(name)} must be 1-64 letters, digits, '_' or '-'"
         )
     if name in taken:
         raise InvalidArgument(f'{label}: another step is already named "{name}"')
@@ -387,7 +383,7 @@ def _depends_on(value: Any, label: str, name: str, step_names: set[str]) -> tupl
     seen: list[str] = []
     for dep in value:
         if not isinstance(dep, str) or dep not in step_names:
-            raise InvalidArgument(f"{label}: depends_on names unknown step {_show(dep)}")
+            raise InvalidArgument(f"{label}: depends_on names unknown step {show(dep)}")
         if dep == name:
             raise InvalidArgument(f"{label}: depends on itself")
         if dep in seen:
@@ -406,7 +402,7 @@ def _seconds(value: Any, label: str, key: str, limit: float) -> float | None:
     if not _is_number(value) or not 0 < value <= limit:
         raise InvalidArgument(
             f"{label}: {key} must be a number of seconds above 0 and at most {limit:g}, "
-            f"not {_show(value)}"
+            f"not {show(value)}"
         )
     return float(value)
 
@@ -421,7 +417,7 @@ def _retry(value: Any, label: str) -> RetrySpec | None:
     if type(attempts) is not int or not 1 <= attempts <= MAX_ATTEMPTS:
         raise InvalidArgument(
             f"{label}: retry max_attempts must be a whole number from 1 to {MAX_ATTEMPTS}, "
-            f"not {_show(attempts)}"
+            f"not {show(attempts)}"
         )
     backoffs = []
     for key in ("initial_backoff_s", "max_backoff_s"):
@@ -429,7 +425,7 @@ def _retry(value: Any, label: str) -> RetrySpec | None:
         if not _is_number(backoff) or not 0 <= backoff <= MAX_STEP_TIMEOUT_S:
             raise InvalidArgument(
                 f"{label}: retry {key} must be a number of seconds from 0 to "
-                f"{MAX_STEP_TIMEOUT_S:g}, not {_show(backoff)}"
+                f"{MAX_STEP_TIMEOUT_S:g}, not {show(backoff)}"
             )
         backoffs.append(float(backoff))
     if backoffs[0] > backoffs[1]:
@@ -448,7 +444,7 @@ def _triggers(value: Any, label: str) -> tuple[str, ...]:
     for event in value:
         if not isinstance(event, str) or not _EVENT_TYPE.fullmatch(event):
             raise InvalidArgument(
-                f"{label}: trigger {_show(event)} is not an event type like task.dead_lettered"
+                f"{label}: trigger {show(event)} is not an event type like task.dead_lettered"
             )
     if len(set(value)) < len(value):
         raise InvalidArgument(f"{label}: a trigger is listed twice")
@@ -490,118 +486,3 @@ def _find_cycle(steps: tuple[StepDef, ...]) -> list[str] | None:
 
 
 # --- References ------------------------------------------------------------------------------
-
-
-def references(template: Any) -> list[str]:
-    """Every reference in `template`, in document order."""
-    return list(_walk_refs(template))
-
-
-def _walk_refs(template: Any) -> Iterator[str]:
-    if isinstance(template, dict):
-        if "$ref" in template:
-            yield _ref_of(template)
-        else:
-            for value in template.values():
-                yield from _walk_refs(value)
-    elif isinstance(template, list):
-        for value in template:
-            yield from _walk_refs(value)
-
-
-def _ref_of(obj: Mapping[str, Any]) -> str:
-    ref = obj.get("$ref")
-    if len(obj) != 1 or not isinstance(ref, str):
-        raise InvalidArgument(
-            f'a "$ref" object must have exactly one key, "$ref", holding a string, not {_show(obj)}'
-        )
-    if not ref or "" in ref.split("."):
-        raise InvalidArgument(f'reference "{ref}" has an empty part')
-    return ref
-
-
-def _check_references(
-    step: StepDef, label: str, ancestors: set[str] | None, step_names: set[str]
-) -> None:
-    """`ancestors` is None for on_failure, which may read any step and the run's error."""
-    for where, template in (
-        ("input", step.input),
-        ("for_each", step.for_each),
-        ("when", step.when),
-    ):
-        try:
-            refs = references(template)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"{label}: {where}: {exc}") from None
-        for ref in refs:
-            root, *path = ref.split(".")
-            if where == "for_each" and root not in ("input", "steps"):
-                raise InvalidArgument(
-                    f"{label}: for_each must name input… or steps.<name>.output…, not {ref}"
-                )
-            if root == "input":
-                continue
-            if root == "steps":
-                if len(path) < 2 or path[1] != "output":
-                    raise InvalidArgument(
-                        f"{label}: reference {ref} must have the form steps.<name>.output…"
-                    )
-                if path[0] not in step_names:
-                    raise InvalidArgument(
-                        f"{label}: refers to steps.{path[0]}, which is not a step"
-                    )
-                if ancestors is not None and path[0] not in ancestors:
-                    raise InvalidArgument(
-                        f"{label}: refers to steps.{path[0]}, which is not among its dependencies"
-                    )
-            elif root == "item":
-                if where != "input" or step.for_each is None:
-                    raise InvalidArgument(
-                        f'{label}: "item" can only be referenced in the input of a for_each step'
-                    )
-            elif root == "error":
-                if ancestors is not None:
-                    raise InvalidArgument(f'{label}: "error" can only be referenced in on_failure')
-                if path:
-                    raise InvalidArgument(f'{label}: "error" is a message and has no parts: {ref}')
-            else:
-                raise InvalidArgument(
-                    f"{label}: reference {ref} must start with input, steps, item or error"
-                )
-
-
-def resolve(template: Any, context: Mapping[str, Any]) -> Any:
-    """A copy of `template` with every reference replaced by the value it names in `context`
-    (keys input, steps (name -> {"output": ...}), item, error). Values taken from `context` are
-    copied as they are: references inside them are data, not followed."""
-    if isinstance(template, dict):
-        if "$ref" in template:
-            return copy.deepcopy(_lookup(_ref_of(template), context))
-        return {key: resolve(value, context) for key, value in template.items()}
-    if isinstance(template, list):
-        return [resolve(value, context) for value in template]
-    return template
-
-
-def _lookup(ref: str, context: Mapping[str, Any]) -> Any:
-    value: Any = context
-    for part in ref.split("."):
-        if isinstance(value, Mapping):
-            if part not in value:
-                raise InvalidArgument(f'reference {ref}: no key "{part}"')
-            value = value[part]
-        elif isinstance(value, list | tuple) and _INDEX.fullmatch(part):
-            if int(part) >= len(value):
-                raise InvalidArgument(
-                    f"reference {ref}: no index {part} in a list of {len(value)} items"
-                )
-            value = value[int(part)]
-        else:
-            kind = "a list" if isinstance(value, list | tuple) else _show(value)
-            raise InvalidArgument(f'reference {ref}: cannot look up "{part}" in {kind}')
-    return value
-
-
-def truthy(value: Any) -> bool:
-    """Whether a `when` lets its step run: None, false, 0, "", [] and {} do not."""
-    return bool(value)

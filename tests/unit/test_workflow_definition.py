@@ -17,10 +17,8 @@ from services.orchestrator.definition import (
     dump_definition,
     load_definition,
     parse_definition,
-    references,
-    resolve,
-    truthy,
 )
+from services.orchestrator.references import references, resolve, truthy
 
 TYPES = {"echo", "webhook.deliver"}
 EXAMPLE: dict[str, Any] = {
