@@ -34,7 +34,6 @@ _MAX_DEPTH = 64
 _WORKFLOW_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _STEP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EVENT_TYPE = re.compile(r"[a-z]+(\.[a-z_]+)+")
-_INDEX = re.compile(r"[0-9]+")
 _WORKFLOW_KEYS = ("name", "timeout_s", "steps", "on_failure", "triggers", "schedule")
 _STEP_KEYS = (
     "name", "type", "workflow", "input", "depends_on", "for_each", "when", "retry", "timeout_s",
