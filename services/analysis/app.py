@@ -1,18 +1,22 @@
 """The analysis process: AnalysisService, and the durable consumer that keeps history.
-Reports, insights and canary verdicts answer UNIMPLEMENTED until the analysis issue builds
-them."""
+Insights, canary verdicts and analysis steps answer UNIMPLEMENTED until the analysis issue
+(#7) builds them."""
 
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import structlog
 
 from agentry.analysis.v1 import analysis_pb2, analysis_pb2_grpc
 from libs.common.db import create_engine
-from libs.common.events import EventConsumer, events_of
+from libs.common.events import Delivery, EventConsumer, events_of
 from libs.common.lifecycle import AgentState
 from libs.common.redis_client import Keys, create_redis
 from libs.common.service import GrpcApp, Loop
-from services.analysis.history import count_by_minute
+from services.analysis.history import Fold, fold
+from services.analysis.reports import Reports
+from services.analysis.servicer import AnalysisServicer
 from services.analysis.settings import AnalysisSettings
 from services.analysis.store import HistoryStore
 
@@ -22,25 +26,31 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 CONSUMER_GROUP = "analysis"
 
 
+def _fold_fresh(deliveries: dict[str, Delivery], fresh: set[str]) -> Fold:
+    return fold(events_of([deliveries[m] for m in sorted(fresh)]))
+
+
 class AnalysisApp(GrpcApp):
     role = "analysis"
 
     def __init__(self, settings: AnalysisSettings) -> None:
+        engine = create_engine(settings.database_url, pool_size=4)
+        history = HistoryStore(engine)
         super().__init__(
             settings,
             [
                 (
                     analysis_pb2_grpc.add_AnalysisServiceServicer_to_server,
-                    # Answers UNIMPLEMENTED until the analysis issue (#7) builds it.
-                    analysis_pb2_grpc.AnalysisServiceServicer(),  # type: ignore[abstract]
+                    # The RPCs it does not build yet are the generated base's UNIMPLEMENTED.
+                    AnalysisServicer(Reports(history)),  # type: ignore[abstract]
                     analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name,
                 )
             ],
             MIGRATIONS,
         )
-        self._engine = create_engine(settings.database_url, pool_size=4)
+        self._engine = engine
         self._redis = create_redis(settings.redis_url)
-        self.history = HistoryStore(self._engine)
+        self.history = history
         self._consumer = EventConsumer(
             self._redis,
             Keys(settings.redis_prefix),
@@ -59,7 +69,12 @@ class AnalysisApp(GrpcApp):
         while not self._stop.is_set():
             deliveries = await self._consumer.read()
             await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
-            await self.history.add_counts(count_by_minute(events_of(deliveries)))
+            by_id = {d.message_id.decode(): d for d in deliveries}
+            await self.history.add(
+                list(by_id),
+                partial(_fold_fresh, by_id),
+                datetime.now(UTC),
+            )
             await self._consumer.ack(deliveries)
 
     async def close(self) -> None:

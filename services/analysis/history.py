@@ -1,16 +1,119 @@
-"""Historical context: events folded into per-minute counts by type."""
+"""Historical context: task events folded into per-minute rollups per task type, queue,
+agent version and outcome (counts and a duration histogram), and error fingerprints.
 
+The agent's version is not in the task events yet, so `version` is "" for now."""
+
+import json
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from agentry.events.v1 import events_pb2
 from libs.common.events import event_time
+from services.analysis.fingerprints import fingerprint
+from services.analysis.reports import BUCKETS, bucket_of
+
+# The outcome each task event counts as; other task events are not rolled up.
+OUTCOMES = {
+    "task.succeeded": "succeeded",
+    "task.failed": "failed",
+    "task.retrying": "retried",
+    "task.dead_lettered": "dead_lettered",
+}
+# Events whose error is fingerprinted: every failed attempt once (a dead letter repeats
+# the error of the failure that caused it).
+_FAILED_ATTEMPTS = {"task.failed", "task.retrying"}
+EXAMPLE_LENGTH = 1000
+
+
+@dataclass(frozen=True)
+class Key:
+    minute: datetime
+    type: str
+    queue: str
+    version: str
+
+
+@dataclass
+class Rollup:
+    count: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+
+
+@dataclass
+class ErrorSeen:
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    example: str
+
+
+@dataclass
+class Fold:
+    """What one batch of events adds to the history."""
+
+    events: Counter[tuple[datetime, str]] = field(default_factory=Counter)
+    rollups: dict[tuple[Key, str], Rollup] = field(default_factory=dict)
+    errors: dict[tuple[Key, str], ErrorSeen] = field(default_factory=dict)
 
 
 def minute_of(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds - seconds % 60, tz=UTC)
 
 
-def count_by_minute(events: Iterable[events_pb2.Event]) -> Counter[tuple[datetime, str]]:
-    return Counter((minute_of(event_time(e)), e.type) for e in events)
+def duration_s(data: dict[str, Any]) -> float | None:
+    started, finished = data.get("started_at"), data.get("finished_at")
+    if started is None or finished is None:
+        return None
+    return max(0.0, float(finished) - float(started))
+
+
+def fold(events: Iterable[events_pb2.Event]) -> Fold:
+    out = Fold()
+    for event in events:
+        out.events[(minute_of(event_time(event)), event.type)] += 1
+        outcome = OUTCOMES.get(event.type)
+        if outcome is None:
+            continue
+        data = _data(event)
+        key = Key(
+            minute_of(event_time(event)),
+            str(data.get("type") or ""),
+            str(data.get("queue") or ""),
+            "",
+        )
+        rollup = out.rollups.setdefault((key, outcome), Rollup())
+        rollup.count += 1
+        duration = duration_s(data) if outcome in ("succeeded", "failed") else None
+        if duration is not None:
+            rollup.buckets[bucket_of(duration)] += 1
+        error = data.get("error")
+        if event.type in _FAILED_ATTEMPTS and error:
+            _seen(out.errors, (key, fingerprint(str(error))), str(error), event)
+    return out
+
+
+def _seen(
+    errors: dict[tuple[Key, str], ErrorSeen],
+    at: tuple[Key, str],
+    message: str,
+    event: events_pb2.Event,
+) -> None:
+    when = datetime.fromtimestamp(event_time(event), tz=UTC)
+    seen = errors.get(at)
+    if seen is None:
+        errors[at] = ErrorSeen(1, when, when, message[:EXAMPLE_LENGTH])
+        return
+    seen.count += 1
+    seen.first_seen = min(seen.first_seen, when)
+    seen.last_seen = max(seen.last_seen, when)
+
+
+def _data(event: events_pb2.Event) -> dict[str, Any]:
+    try:
+        data = json.loads(event.data) if event.data else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,11 +1,15 @@
 """The analysis schema: rollups of what agents did."""
 
 from collections import Counter
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.analysis.history import Fold, minute_of
+from services.analysis.reports import ErrorSignature, GroupTotals
 
 metadata = sa.MetaData(schema="analysis")
 
@@ -17,12 +21,84 @@ event_rollups = sa.Table(
     sa.Column("count", sa.BigInteger),
 )
 
+task_rollups = sa.Table(
+    "task_rollups",
+    metadata,
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("type", sa.Text, primary_key=True),
+    sa.Column("queue", sa.Text, primary_key=True),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("outcome", sa.Text, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("duration_buckets", pg.ARRAY(sa.BigInteger), nullable=False),
+)
+
+error_rollups = sa.Table(
+    "error_rollups",
+    metadata,
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("type", sa.Text, primary_key=True),
+    sa.Column("queue", sa.Text, primary_key=True),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("fingerprint", sa.Text, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("example", sa.Text, nullable=False),
+)
+
+# Stream entries already folded in: one redelivered after its rows were written but before it
+# was acknowledged (a crash in between) is skipped, so nothing is counted twice.
+applied_messages = sa.Table(
+    "applied_messages",
+    metadata,
+    sa.Column("message_id", sa.Text, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+# Far longer than an entry can stay pending before another consumer claims it.
+APPLIED_KEPT = timedelta(days=1)
+
+# Histograms add element by element; Postgres has no operator for it.
+_ADD_BUCKETS = sa.text(
+    "ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0)"
+    " FROM unnest(analysis.task_rollups.duration_buckets, excluded.duration_buckets)"
+    " WITH ORDINALITY AS u(a, b, i) ORDER BY i)"
+)
+
 
 class HistoryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def add_counts(self, counts: Counter[tuple[datetime, str]]) -> None:
+    async def add(
+        self, message_ids: Sequence[str], fold_of: Callable[[set[str]], Fold], now: datetime
+    ) -> None:
+        """Folds in the stream entries `message_ids` not folded in before, in one
+        transaction: `fold_of` gets the new ones and says what they add."""
+        if not message_ids:
+            return
+        async with self._engine.begin() as conn:
+            claim = (
+                pg.insert(applied_messages)
+                .values([{"message_id": m, "applied_at": now} for m in message_ids])
+                .on_conflict_do_nothing()
+                .returning(applied_messages.c.message_id)
+            )
+            fresh = set((await conn.execute(claim)).scalars())
+            await conn.execute(
+                sa.delete(applied_messages).where(
+                    applied_messages.c.applied_at < now - APPLIED_KEPT
+                )
+            )
+            if not fresh:
+                return
+            fold = fold_of(fresh)
+            await self._add_counts(conn, fold.events)
+            await self._add_rollups(conn, fold)
+            await self._add_errors(conn, fold)
+
+    @staticmethod
+    async def _add_counts(conn: AsyncConnection, counts: Counter[tuple[datetime, str]]) -> None:
         if not counts:
             return
         rows = [{"minute": m, "type": t, "count": n} for (m, t), n in counts.items()]
@@ -31,8 +107,66 @@ class HistoryStore:
             index_elements=["minute", "type"],
             set_={"count": event_rollups.c.count + upsert.excluded["count"]},
         )
-        async with self._engine.begin() as conn:
-            await conn.execute(upsert)
+        await conn.execute(upsert)
+
+    @staticmethod
+    async def _add_rollups(conn: AsyncConnection, fold: Fold) -> None:
+        if not fold.rollups:
+            return
+        rows = [
+            {
+                "minute": key.minute,
+                "type": key.type,
+                "queue": key.queue,
+                "version": key.version,
+                "outcome": outcome,
+                "count": rollup.count,
+                "duration_buckets": rollup.buckets,
+            }
+            for (key, outcome), rollup in fold.rollups.items()
+        ]
+        upsert = pg.insert(task_rollups).values(rows)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["minute", "type", "queue", "version", "outcome"],
+            set_={
+                "count": task_rollups.c.count + upsert.excluded["count"],
+                "duration_buckets": _ADD_BUCKETS,
+            },
+        )
+        await conn.execute(upsert)
+
+    @staticmethod
+    async def _add_errors(conn: AsyncConnection, fold: Fold) -> None:
+        if not fold.errors:
+            return
+        rows = [
+            {
+                "minute": key.minute,
+                "type": key.type,
+                "queue": key.queue,
+                "version": key.version,
+                "fingerprint": fp,
+                "count": seen.count,
+                "first_seen": seen.first_seen,
+                "last_seen": seen.last_seen,
+                "example": seen.example,
+            }
+            for (key, fp), seen in fold.errors.items()
+        ]
+        upsert = pg.insert(error_rollups).values(rows)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["minute", "type", "queue", "version", "fingerprint"],
+            set_={
+                "count": error_rollups.c.count + upsert.excluded["count"],
+                "first_seen": sa.func.least(
+                    error_rollups.c.first_seen, upsert.excluded["first_seen"]
+                ),
+                "last_seen": sa.func.greatest(
+                    error_rollups.c.last_seen, upsert.excluded["last_seen"]
+                ),
+            },
+        )
+        await conn.execute(upsert)
 
     async def counts_since(self, since: datetime) -> dict[str, int]:
         query = (
@@ -42,3 +176,50 @@ class HistoryStore:
         )
         async with self._engine.connect() as conn:
             return {t: int(n) for t, n in await conn.execute(query)}
+
+    async def totals_since(self, since: datetime, group_by: str) -> dict[str, GroupTotals]:
+        """Per group (a column: type, queue or version), the counts by outcome, the summed
+        duration histogram and the error fingerprints of the minutes from `since`'s on."""
+        first = minute_of(since.timestamp())
+        rollup_group = task_rollups.c[group_by]
+        counts = (
+            sa.select(rollup_group, task_rollups.c.outcome, sa.func.sum(task_rollups.c.count))
+            .where(task_rollups.c.minute >= first)
+            .group_by(rollup_group, task_rollups.c.outcome)
+        )
+        cell = (
+            sa.func.unnest(task_rollups.c.duration_buckets)
+            .table_valued("n", with_ordinality="i")
+            .render_derived(name="cell")
+        )
+        histogram = (
+            sa.select(rollup_group, cell.c.i, sa.func.sum(cell.c.n))
+            .select_from(task_rollups)
+            .join(cell, sa.true())
+            .where(task_rollups.c.minute >= first, cell.c.n > 0)
+            .group_by(rollup_group, cell.c.i)
+        )
+        error_group = error_rollups.c[group_by]
+        errors = (
+            sa.select(
+                error_group,
+                error_rollups.c.fingerprint,
+                sa.func.sum(error_rollups.c.count),
+                sa.func.min(error_rollups.c.first_seen),
+                sa.func.max(error_rollups.c.last_seen),
+                sa.func.min(error_rollups.c.example),
+            )
+            .where(error_rollups.c.minute >= first)
+            .group_by(error_group, error_rollups.c.fingerprint)
+        )
+        groups: dict[str, GroupTotals] = {}
+        async with self._engine.connect() as conn:
+            for group, outcome, n in await conn.execute(counts):
+                groups.setdefault(group, GroupTotals()).counts[outcome] = int(n)
+            for group, index, n in await conn.execute(histogram):
+                groups.setdefault(group, GroupTotals()).histogram[index - 1] += int(n)
+            for group, fp, n, first_seen, last_seen, example in await conn.execute(errors):
+                groups.setdefault(group, GroupTotals()).errors.append(
+                    ErrorSignature(fp, int(n), first_seen, last_seen, example)
+                )
+        return groups

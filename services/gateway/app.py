@@ -27,6 +27,7 @@ from services.gateway.routes import (
     audit,
     events,
     hooks,
+    reports,
     tasks,
     webhook_subscriptions,
     workflows,
@@ -78,6 +79,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.services = Services(
             settings.task_service_address,
             settings.workflow_service_address,
+            settings.analysis_service_address,
             settings.rpc_timeout_s,
             security.identity,
         )
@@ -134,6 +136,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(webhook_subscriptions.router)
     app.include_router(hooks.make_router(settings))
     app.include_router(events.router)
+    app.include_router(reports.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -8,6 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentry.agents.v1 import agents_pb2_grpc
+from agentry.analysis.v1 import analysis_pb2_grpc
 from agentry.tasks.v1 import tasks_pb2_grpc
 from agentry.workflows.v1 import workflows_pb2_grpc
 from libs.common.channels import ServiceChannel
@@ -24,12 +25,14 @@ class Services:
         self,
         task_address: str,
         orchestrator_address: str,
+        analysis_address: str,
         timeout_s: float,
         identity: AgentIdentity | None,
     ) -> None:
         self._timeout_s = timeout_s
         self._task_channel = ServiceChannel(task_address, "task-agent", identity)
         self._orchestrator_channel = ServiceChannel(orchestrator_address, "orchestrator", identity)
+        self._analysis_channel = ServiceChannel(analysis_address, "analysis", identity)
 
     @property
     def tasks(self) -> tasks_pb2_grpc.TaskServiceStub:
@@ -46,6 +49,10 @@ class Services:
     @property
     def agents(self) -> agents_pb2_grpc.AgentRegistryServiceStub:
         return self._orchestrator_channel.stub(agents_pb2_grpc.AgentRegistryServiceStub)
+
+    @property
+    def analysis(self) -> analysis_pb2_grpc.AnalysisServiceStub:
+        return self._analysis_channel.stub(analysis_pb2_grpc.AnalysisServiceStub)
 
     async def call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
         try:
@@ -65,3 +72,4 @@ class Services:
     async def close(self) -> None:
         await self._task_channel.close()
         await self._orchestrator_channel.close()
+        await self._analysis_channel.close()

@@ -448,7 +448,13 @@ class Worker:
             await self._changes.events.publish(
                 "task.dead_lettered",
                 f"task/{task.id}",
-                {"id": str(task.id), "type": task.type, "reason": reason.value, "error": message},
+                {
+                    "id": str(task.id),
+                    "type": task.type,
+                    "queue": task.queue,
+                    "reason": reason.value,
+                    "error": message,
+                },
             )
 
     async def _fallback_for(self, task: Task) -> NewTask | None:

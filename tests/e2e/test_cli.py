@@ -258,12 +258,20 @@ def test_errors_are_one_line_and_a_non_zero_exit(platform, tmp_path) -> None:
     assert str(no_key) in said["no key"]
 
 
-def test_report_says_reports_are_not_built_yet(platform) -> None:
-    with platform.client("admin") as admin:
-        route_exists = admin.get("/v1/reports").status_code != 404
-    done = _agentry(platform, "report")
-    if route_exists:
-        assert done.returncode == 0, done.stderr
-    else:
-        assert done.returncode == 2
-        assert "not built" in _one_line_error(done)
+def test_report_prints_a_table_and_json(platform) -> None:
+    said = _ok(platform, "tasks", "submit", "echo", "--payload", '{"r": 1}')
+    _until(platform, said.split()[1], ("SUCCEEDED",))
+    deadline = time.monotonic() + 30
+    while True:
+        report = _json(platform, "report", "--window", "600", "--group-by", "type", role="viewer")
+        echo = [row for row in report["rows"] if row["group"] == "echo"]
+        if (echo and echo[0]["succeeded"] >= 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert echo and echo[0]["succeeded"] >= 1, report
+    assert report["group_by"] == "type" and report["window_s"] == 600
+    table = _ok(platform, "report", "--window", "600", role="viewer").splitlines()
+    assert table[0].split()[:2] == ["GROUP", "TOTAL"]
+    assert any(line.split()[0] == "echo" for line in table[1:])
+    done = _agentry(platform, "report", "--group-by", "colour")
+    assert done.returncode == 2

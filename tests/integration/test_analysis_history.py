@@ -2,13 +2,22 @@
 it was away is missed."""
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
-from libs.common.events import EventBus
+import grpc
+import pytest
+
+from agentry.analysis.v1 import analysis_pb2, analysis_pb2_grpc
+from libs.common.db import create_engine
+from libs.common.events import EventBus, make_events
 from libs.common.redis_client import Keys, create_redis
 from services.analysis.app import AnalysisApp
+from services.analysis.history import fold
+from services.analysis.reports import PRECISION
 from services.analysis.settings import AnalysisSettings
-from tests.secure import dev_secrets, security_settings
+from services.analysis.store import HistoryStore
+from tests.secure import channel_to, dev_secrets, security_settings
 
 
 def _settings(database_url: str, redis_url: str, prefix: str) -> AnalysisSettings:
@@ -55,3 +64,98 @@ async def test_events_published_while_analysis_was_down_are_counted(
     finally:
         await second.stop()
         await client.aclose()
+
+
+def _task(type_: str, took: float | None = None, error: str | None = None) -> dict:
+    now = time.time()
+    return {
+        "type": type_,
+        "queue": "default",
+        "error": error,
+        "started_at": now - took if took is not None else None,
+        "finished_at": now if took is not None else None,
+    }
+
+
+async def _report(
+    stub: analysis_pb2_grpc.AnalysisServiceStub, want_total: int, within: float = 10.0
+) -> dict[str, analysis_pb2.ReportRow]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        reply = await stub.GetReport(analysis_pb2.GetReportRequest(window_s=600, group_by="type"))
+        rows = {row.group: row for row in reply.rows}
+        if sum(row.total for row in rows.values()) >= want_total or loop.time() > deadline:
+            return rows
+        await asyncio.sleep(0.05)
+
+
+async def test_report_by_type_from_task_events(
+    clean_db: str, redis_url: str, redis_prefix: str
+) -> None:
+    client = create_redis(redis_url)
+    bus = EventBus(client, Keys(redis_prefix), source="task_agent/a")
+    app = AnalysisApp(_settings(clean_db, redis_url, redis_prefix))
+    await app.start()
+    channel = channel_to(app.server.port, "analysis", role="viewer")
+    stub = analysis_pb2_grpc.AnalysisServiceStub(channel)
+    try:
+        items = [("task.succeeded", f"task/e{i}", _task("echo", took=0.2)) for i in range(9)]
+        items.append(("task.succeeded", "task/e9", _task("echo", took=3.0)))
+        items += [
+            ("task.retrying", "task/f1", _task("fail", error="order 17 not found")),
+            ("task.failed", "task/f1", _task("fail", took=1.0, error="order 18 not found")),
+            ("task.dead_lettered", "task/f1", _task("fail", error="order 18 not found")),
+            ("task.succeeded", "task/f2", _task("fail", took=1.0)),
+            ("task.failed", "task/f3", _task("fail", took=1.0, error="disk /var/x/y full")),
+        ]
+        # In two rounds, so the second adds to rows the first wrote.
+        await bus.publish_events(make_events(items[:5], bus.source))
+        await _report(stub, want_total=5)
+        await bus.publish_events(make_events(items[5:], bus.source))
+        rows = await _report(stub, want_total=13)
+
+        echo, fail = rows["echo"], rows["fail"]
+        assert (echo.total, echo.succeeded, echo.failed, echo.success_rate) == (10, 10, 0, 1.0)
+        assert echo.p50_s == pytest.approx(0.2, rel=PRECISION)
+        assert echo.p99_s == pytest.approx(3.0, rel=PRECISION)
+        assert (fail.total, fail.succeeded, fail.failed, fail.dead_letters) == (3, 1, 2, 1)
+        assert fail.success_rate == pytest.approx(1 / 3)
+        assert fail.retry_rate == pytest.approx(1 / 4)
+        assert fail.p50_s == pytest.approx(1.0, rel=PRECISION)
+        top = fail.top_errors[0]
+        assert (top.fingerprint, top.count) == ("order <n> not found", 2)
+        assert top.example == "order 17 not found"
+        assert [e.count for e in fail.top_errors] == [2, 1]
+
+        for bad in (
+            analysis_pb2.GetReportRequest(window_s=0, group_by="type"),
+            analysis_pb2.GetReportRequest(window_s=600, group_by="colour"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.GetReport(bad)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as unbuilt:
+            await stub.ListInsights(analysis_pb2.ListInsightsRequest())
+        assert unbuilt.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await channel.close()
+        await app.stop()
+        await client.aclose()
+
+
+async def test_an_entry_delivered_again_after_it_was_written_is_not_counted_twice(
+    clean_db: str,
+) -> None:
+    """A crash between writing the rollups and acknowledging the entry redelivers it."""
+    engine = create_engine(clean_db, pool_size=1)
+    history = HistoryStore(engine)
+    events = make_events([("task.succeeded", "task/1", _task("echo", took=0.5))], "task_agent/a")
+    for _ in range(2):
+        await history.add(["1-0"], lambda fresh: fold(events), datetime.now(UTC))
+    totals = await history.totals_since(datetime.now(UTC) - timedelta(minutes=5), "type")
+    assert totals["echo"].counts == {"succeeded": 1}
+    assert await history.counts_since(datetime.now(UTC) - timedelta(minutes=5)) == {
+        "task.succeeded": 1
+    }
+    await engine.dispose()

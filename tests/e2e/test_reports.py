@@ -1,0 +1,55 @@
+"""Reports through the real processes: tasks submitted over REST show up in
+GET /v1/reports once the analysis service has read their events."""
+
+import time
+import uuid
+
+from services.analysis.fingerprints import fingerprint
+
+
+def _report(platform, want) -> dict:
+    deadline = time.monotonic() + 30
+    with platform.client("viewer") as viewer:
+        while True:
+            reply = viewer.get("/v1/reports", params={"window": 600, "group_by": "type"})
+            assert reply.status_code == 200, reply.text
+            rows = {row["group"]: row for row in reply.json()["rows"]}
+            if want(rows) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.2)
+
+
+def test_echo_and_fail_tasks_show_in_the_report_by_type(platform) -> None:
+    marker = uuid.uuid4().hex[:8]
+    with platform.client("operator") as operator:
+        before = _report(platform, lambda rows: True)
+        for _ in range(3):
+            reply = operator.post("/v1/tasks", json={"type": "echo", "payload": {"m": marker}})
+            assert reply.status_code == 201, reply.text
+        for n in range(2):
+            payload = {"times": 1, "retryable": False, "message": f"e2e report {marker} {n}"}
+            reply = operator.post("/v1/tasks", json={"type": "fail", "payload": payload})
+            assert reply.status_code == 201, reply.text
+
+    def total(rows, group, key):
+        return rows.get(group, {}).get(key, 0)
+
+    def counted(rows) -> bool:
+        return (
+            total(rows, "echo", "succeeded") >= total(before, "echo", "succeeded") + 3
+            and total(rows, "fail", "failed") >= total(before, "fail", "failed") + 2
+        )
+
+    rows = _report(platform, counted)
+    assert counted(rows), rows
+    echo, fail = rows["echo"], rows["fail"]
+    assert echo["success_rate"] > 0 and echo["p50_s"] >= 0
+    assert fail["dead_letters"] >= total(before, "fail", "dead_letters") + 2
+    mine = fingerprint(f"e2e report {marker} 0")
+    assert [e["count"] for e in fail["top_errors"] if e["fingerprint"] == mine] == [2]
+
+
+def test_a_bad_window_is_refused(platform) -> None:
+    with platform.client("viewer") as viewer:
+        assert viewer.get("/v1/reports", params={"window": 0}).status_code in (400, 422)
+        assert viewer.get("/v1/reports", params={"group_by": "colour"}).status_code in (400, 422)
