@@ -1,7 +1,7 @@
 """Historical context: task events folded into per-minute rollups per task type, queue,
 agent version and outcome (counts and a duration histogram), and error fingerprints.
 
-The agent's version is not in the task events yet, so `version` is "" for now."""
+The version is the task agent's (`AGENTRY_VERSION`), which every task event carries."""
 
 import json
 from collections import Counter
@@ -82,7 +82,7 @@ def fold(events: Iterable[events_pb2.Event]) -> Fold:
             minute_of(event_time(event)),
             str(data.get("type") or ""),
             str(data.get("queue") or ""),
-            "",
+            str(data.get("version") or ""),
         )
         rollup = out.rollups.setdefault((key, outcome), Rollup())
         rollup.count += 1

@@ -40,10 +40,15 @@ EVENT_BY_STATE = {
 
 
 class TaskChanges:
-    def __init__(self, client: redis.Redis, events: EventBus, cache: TaskCache) -> None:
+    def __init__(
+        self, client: redis.Redis, events: EventBus, cache: TaskCache, version: str
+    ) -> None:
         self._redis = client
         self.events = events
         self.cache = cache
+        # The agent's version travels with every event: reports and canary verdicts compare
+        # versions.
+        self.version = version
 
     async def announce(self, changed: Sequence[Task], new: bool = False) -> None:
         """Cache writes and events in one round trip. `new`: the tasks were just created, so
@@ -51,7 +56,14 @@ class TaskChanges:
         if not changed:
             return
         events = make_events(
-            [(EVENT_BY_STATE[t.state], f"task/{t.id}", task_event_data(t)) for t in changed],
+            [
+                (
+                    EVENT_BY_STATE[t.state],
+                    f"task/{t.id}",
+                    {**task_event_data(t), "version": self.version},
+                )
+                for t in changed
+            ],
             self.events.source,
         )
         async with self._redis.pipeline(transaction=False) as pipe:

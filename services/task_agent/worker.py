@@ -454,6 +454,7 @@ class Worker:
                     "queue": task.queue,
                     "reason": reason.value,
                     "error": message,
+                    "version": self._changes.version,
                 },
             )
 

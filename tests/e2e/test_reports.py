@@ -7,11 +7,11 @@ import uuid
 from services.analysis.fingerprints import fingerprint
 
 
-def _report(platform, want) -> dict:
+def _report(platform, want, group_by: str = "type") -> dict:
     deadline = time.monotonic() + 30
     with platform.client("viewer") as viewer:
         while True:
-            reply = viewer.get("/v1/reports", params={"window": 600, "group_by": "type"})
+            reply = viewer.get("/v1/reports", params={"window": 600, "group_by": group_by})
             assert reply.status_code == 200, reply.text
             rows = {row["group"]: row for row in reply.json()["rows"]}
             if want(rows) or time.monotonic() > deadline:
@@ -47,6 +47,15 @@ def test_echo_and_fail_tasks_show_in_the_report_by_type(platform) -> None:
     assert fail["dead_letters"] >= total(before, "fail", "dead_letters") + 2
     mine = fingerprint(f"e2e report {marker} 0")
     assert [e["count"] for e in fail["top_errors"] if e["fingerprint"] == mine] == [2]
+
+
+def test_the_report_groups_by_the_task_agents_version(platform) -> None:
+    with platform.client("operator") as operator:
+        assert operator.post("/v1/tasks", json={"type": "echo", "payload": 1}).status_code == 201
+    # The platform's agents run with the default AGENTRY_VERSION.
+    rows = _report(platform, lambda rows: rows.get("dev", {}).get("succeeded", 0) > 0, "version")
+    assert rows["dev"]["succeeded"] > 0
+    assert "" not in rows
 
 
 def test_a_bad_window_is_refused(platform) -> None:
