@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,11 @@ import psycopg
 from agentry.workflows.v1 import workflows_pb2, workflows_pb2_grpc
 from bench.cpu import CpuMeter
 from bench.machine import describe, summary
-from bench.report import Row, _at_least, _at_most, table_text
+from bench.report import table_text
 from bench.run import _git
 from bench.servers import Servers, bench_servers, delete_keys, server_pids
 from bench.stats import distribution
+from bench.workflows_report import cpu_lines, rows, write
 from dev import secrets
 from dev.embedded import free_port
 from dev.stack import ROOT, Ports, Stack
@@ -42,7 +42,6 @@ from libs.common.tokens import mint
 
 log = logging.getLogger("bench")
 
-RESULTS = ROOT / "bench/results"
 ORCHESTRATOR_MIGRATIONS = ROOT / "services/orchestrator/migrations"
 SERVICES = ("task_agent", "orchestrator")  # in start order: the orchestrator calls the agent
 _POLL_S = 0.02
@@ -386,91 +385,6 @@ def _measure(platform: Platform, servers: Servers, args: argparse.Namespace) -> 
     figures["fan_out"] = asyncio.run(bench.fan_out(names["fan_out"], args.fanout))
     figures["fan_out"] |= {"cpu_s": meter.seconds(), "wall_s": time.perf_counter() - began}
     return figures
-
-
-def rows(figures: dict[str, Any]) -> list[Row]:
-    ch, serial, fan = figures["chain"], figures["serial"], figures["fan_out"]
-    gap, floor = ch["overhead_ms"], serial["overhead_ms"]
-    return [
-        _at_least(f"Chain: {ch['runs']:,} runs x {ch['steps']} echo, {ch['in_flight']} in flight",
-                  ch["runs_per_s"], "runs/s", 200),
-        _at_least("  steps", ch["steps_per_s"], "steps/s", 1000),
-        Row("  as the client saw it (first StartRun -> all SUCCEEDED)", ch["client_runs_per_s"],
-            "runs/s"),
-        Row("  last run created after", ch["all_started_ms"], "ms"),
-        Row("  StartRun round trip p50", ch["start_run_rpc_ms"]["p50"], "ms"),
-        Row("  StartRun round trip p99", ch["start_run_rpc_ms"]["p99"], "ms"),
-        Row("  run created -> finished p50", ch["run_ms"]["p50"], "ms"),
-        Row("  run created -> finished p99", ch["run_ms"]["p99"], "ms"),
-        _at_most("Step overhead p50 (dependency's task finished -> task started)", gap["p50"],
-                 "ms", 5),
-        _at_most("Step overhead p99", gap["p99"], "ms", 25),
-        Row("  task finished -> orchestrator advancing p50", ch["noticed_ms"]["p50"], "ms"),
-        Row("  advancing -> next task stored p50", ch["submitted_ms"]["p50"], "ms"),
-        Row("  stored -> started (task agent) p99", ch["queued_ms"]["p99"], "ms"),
-        Row("  run created -> first task started p50", ch["first_ms"]["p50"], "ms"),
-        Row(f"  overhead p50, {serial['runs']} runs one at a time", floor["p50"], "ms"),
-        Row(f"  overhead p99, {serial['runs']} runs one at a time", floor["p99"], "ms"),
-        Row("    one at a time: task finished -> advancing p50", serial["noticed_ms"]["p50"],
-            "ms"),
-        Row("    one at a time: advancing -> next task stored p50",
-            serial["submitted_ms"]["p50"], "ms"),
-        _at_most(f"Fan-out: {fan['width']:,} items, StartRun -> SUCCEEDED", fan["client_ms"],
-                 "ms", 3000),
-        Row("  StartRun round trip (stores the tasks)", fan["start_run_rpc_ms"], "ms"),
-        Row("  run created -> last task stored", fan["last_task_stored_ms"], "ms"),
-        Row("  run created -> last task finished", fan["last_task_finished_ms"], "ms"),
-        Row("  run created -> last end recorded, run finished", fan["run_ms"], "ms"),
-    ]  # fmt: skip
-
-
-def cpu_lines(figures: dict[str, Any]) -> list[str]:
-    """Who used the CPU in each timed phase, in shares of one core, and a warning when other
-    work on the machine took a real share (that phase's figures are low then)."""
-    lines = []
-    for phase, label in (("chain", "chain runs"), ("fan_out", "fan-out")):
-        cpu, wall_s = figures[phase]["cpu_s"], figures[phase]["wall_s"]
-        parts = ", ".join(f"{k} {v:.1f}s ({v / wall_s:.0%})" for k, v in cpu.items())
-        lines.append(f"CPU in the {wall_s:.1f}s of {label} (share of one core): {parts}")
-        if cpu.get("other", 0) / wall_s > 0.25:
-            lines.append(
-                f"  WARNING: other processes used {cpu['other'] / wall_s:.0%} of a core during "
-                f"the {label}; its figures are lower than on a quiet machine."
-            )
-    return lines
-
-
-def write(results: dict[str, Any], table: list[Row]) -> list[Path]:
-    """The figures as JSON, and a markdown summary."""
-    dirty = " with local changes" if results["git"]["dirty"] else ""
-    lines = [
-        f"# Workflow benchmark ({results['servers']} servers)",
-        "",
-        f"Run {results['started_at']}, code {results['git']['commit']}{dirty}: "
-        f"`{results['command']}`.",
-        "",
-        f"Machine: {summary(results['machine'])}.",
-        "",
-        "One task agent and one orchestrator, mTLS, tokens and encryption at rest on. Runs/s: "
-        "first run created to last run finished; step gaps from tasks.tasks and "
-        "orchestrator.step_tasks (database clock).",
-        "",
-        "| figure | value | target | status |",
-        "|---|---:|---|---|",
-    ]
-    lines += [
-        f"| {'&emsp;' if r.figure.startswith(' ') else ''}{r.figure.strip()} | {r.shown()} "
-        f"| {r.target} | {r.status} |"
-        for r in table
-    ]
-    lines += ["", *(f"- {line.strip()}" for line in cpu_lines(results["workflows"]))]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"workflows-{results['servers']}"
-    payload = {**results, "targets": [{**asdict(r), "status": r.status} for r in table]}
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    md_path.write_text("\n".join(lines) + "\n")
-    return [json_path, md_path]
 
 
 def main(argv: list[str] | None = None) -> int:
