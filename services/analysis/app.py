@@ -1,5 +1,5 @@
 """The analysis process: AnalysisService, and the durable consumer that keeps history.
-Insights, canary verdicts and analysis steps answer UNIMPLEMENTED until the analysis issue
+Insights and analysis steps answer UNIMPLEMENTED until the analysis issue
 (#7) builds them."""
 
 from datetime import UTC, datetime
@@ -14,6 +14,7 @@ from libs.common.events import Delivery, EventConsumer, events_of
 from libs.common.lifecycle import AgentState
 from libs.common.redis_client import Keys, create_redis
 from libs.common.service import GrpcApp, Loop
+from services.analysis.canary import Canaries
 from services.analysis.history import Fold, fold
 from services.analysis.reports import Reports
 from services.analysis.servicer import AnalysisServicer
@@ -42,7 +43,7 @@ class AnalysisApp(GrpcApp):
                 (
                     analysis_pb2_grpc.add_AnalysisServiceServicer_to_server,
                     # The RPCs it does not build yet are the generated base's UNIMPLEMENTED.
-                    AnalysisServicer(Reports(history)),  # type: ignore[abstract]
+                    AnalysisServicer(Reports(history), Canaries(history)),  # type: ignore[abstract]
                     analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name,
                 )
             ],

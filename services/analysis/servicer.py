@@ -1,12 +1,14 @@
 """AnalysisService over gRPC: protobuf in, domain call, protobuf out. The RPCs not built yet
 are the generated base's, which answer UNIMPLEMENTED."""
 
+import json
 from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentry.analysis.v1 import analysis_pb2, analysis_pb2_grpc
+from services.analysis.canary import Canaries, CanaryAnalysis
 from services.analysis.reports import ErrorSignature, ReportRow, Reports
 
 
@@ -43,9 +45,23 @@ def _row(r: ReportRow) -> analysis_pb2.ReportRow:
     )
 
 
+def _analysis(a: CanaryAnalysis) -> analysis_pb2.CanaryAnalysis:
+    return analysis_pb2.CanaryAnalysis(
+        id=a.id,
+        subject=a.subject,
+        baseline=a.baseline,
+        canary=a.canary,
+        window_s=a.window_s,
+        verdict=analysis_pb2.Verdict.Value(f"VERDICT_{a.verdict.value}"),
+        statistics=json.dumps(a.statistics).encode(),
+        created_at=_timestamp(a.created_at),
+    )
+
+
 class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
-    def __init__(self, reports: Reports) -> None:
+    def __init__(self, reports: Reports, canaries: Canaries) -> None:
         self._reports = reports
+        self._canaries = canaries
 
     async def GetReport(
         self, request: analysis_pb2.GetReportRequest, context: grpc.aio.ServicerContext
@@ -56,3 +72,17 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             end=_timestamp(report.end),
             rows=[_row(r) for r in report.rows],
         )
+
+    async def AnalyzeCanary(
+        self, request: analysis_pb2.AnalyzeCanaryRequest, context: grpc.aio.ServicerContext
+    ) -> analysis_pb2.AnalyzeCanaryResponse:
+        analysis = await self._canaries.analyze(
+            request.subject, request.baseline, request.canary, request.window_s, datetime.now(UTC)
+        )
+        return analysis_pb2.AnalyzeCanaryResponse(analysis=_analysis(analysis))
+
+    async def GetCanaryAnalysis(
+        self, request: analysis_pb2.GetCanaryAnalysisRequest, context: grpc.aio.ServicerContext
+    ) -> analysis_pb2.GetCanaryAnalysisResponse:
+        analysis = await self._canaries.get(request.id)
+        return analysis_pb2.GetCanaryAnalysisResponse(analysis=_analysis(analysis))

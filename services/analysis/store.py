@@ -1,5 +1,6 @@
-"""The analysis schema: rollups of what agents did."""
+"""The analysis schema: rollups of what agents did, and the canary analyses made of them."""
 
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -8,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.analysis.canary import CanaryAnalysis, Verdict
 from services.analysis.history import Fold, minute_of
 from services.analysis.reports import ErrorSignature, GroupTotals
 
@@ -45,6 +47,19 @@ error_rollups = sa.Table(
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("example", sa.Text, nullable=False),
+)
+
+canary_analyses = sa.Table(
+    "canary_analyses",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("baseline", sa.Text, nullable=False),
+    sa.Column("canary", sa.Text, nullable=False),
+    sa.Column("window_s", sa.BigInteger, nullable=False),
+    sa.Column("verdict", sa.Text, nullable=False),
+    sa.Column("statistics", pg.JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 # Stream entries already folded in: one redelivered after its rows were written but before it
@@ -223,3 +238,71 @@ class HistoryStore:
                     ErrorSignature(fp, int(n), first_seen, last_seen, example)
                 )
         return groups
+
+    async def version_totals(
+        self, since: datetime, versions: Sequence[str], type_: str | None
+    ) -> dict[str, GroupTotals]:
+        """Per version of `versions`, the counts by outcome and the summed duration histogram
+        of the minutes from `since`'s on, of one task type or (None) of all."""
+        first = minute_of(since.timestamp())
+        where = [task_rollups.c.minute >= first, task_rollups.c.version.in_(versions)]
+        if type_ is not None:
+            where.append(task_rollups.c.type == type_)
+        counts = (
+            sa.select(
+                task_rollups.c.version, task_rollups.c.outcome, sa.func.sum(task_rollups.c.count)
+            )
+            .where(*where)
+            .group_by(task_rollups.c.version, task_rollups.c.outcome)
+        )
+        cell = (
+            sa.func.unnest(task_rollups.c.duration_buckets)
+            .table_valued("n", with_ordinality="i")
+            .render_derived(name="cell")
+        )
+        histogram = (
+            sa.select(task_rollups.c.version, cell.c.i, sa.func.sum(cell.c.n))
+            .select_from(task_rollups)
+            .join(cell, sa.true())
+            .where(*where, cell.c.n > 0)
+            .group_by(task_rollups.c.version, cell.c.i)
+        )
+        versions_seen: dict[str, GroupTotals] = {}
+        async with self._engine.connect() as conn:
+            for version, outcome, n in await conn.execute(counts):
+                versions_seen.setdefault(version, GroupTotals()).counts[outcome] = int(n)
+            for version, index, n in await conn.execute(histogram):
+                versions_seen.setdefault(version, GroupTotals()).histogram[index - 1] += int(n)
+        return versions_seen
+
+    async def add_canary_analysis(self, analysis: CanaryAnalysis) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.insert(canary_analyses).values(
+                    id=uuid.UUID(analysis.id),
+                    subject=analysis.subject,
+                    baseline=analysis.baseline,
+                    canary=analysis.canary,
+                    window_s=analysis.window_s,
+                    verdict=analysis.verdict.value,
+                    statistics=analysis.statistics,
+                    created_at=analysis.created_at,
+                )
+            )
+
+    async def canary_analysis(self, analysis_id: uuid.UUID) -> CanaryAnalysis | None:
+        query = sa.select(canary_analyses).where(canary_analyses.c.id == analysis_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            return None
+        return CanaryAnalysis(
+            id=str(row.id),
+            subject=row.subject,
+            baseline=row.baseline,
+            canary=row.canary,
+            window_s=row.window_s,
+            verdict=Verdict(row.verdict),
+            statistics=row.statistics,
+            created_at=row.created_at,
+        )

@@ -25,6 +25,7 @@ from services.gateway.rate_limit import PrincipalRateLimit
 from services.gateway.routes import (
     agents,
     audit,
+    canary,
     events,
     hooks,
     reports,
@@ -137,6 +138,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(hooks.make_router(settings))
     app.include_router(events.router)
     app.include_router(reports.router)
+    app.include_router(canary.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

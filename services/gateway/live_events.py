@@ -26,6 +26,7 @@ import redis.asyncio as redis
 import structlog
 from google.protobuf.message import DecodeError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentry.events.v1 import events_pb2
 from libs.common.events import _FIELD as EVENT_FIELD
@@ -153,6 +154,10 @@ class LiveEvents:
                 reply: Any = await self._redis.xread(
                     {self._stream: last}, count=_READ_COUNT, block=_BLOCK_MS
                 )
+            except RedisTimeoutError:
+                # redis-py's asyncio client can time out a blocking XREAD that simply had
+                # nothing to answer (redis/redis-py#3138): read again at once.
+                continue
             except RedisError:
                 log.warning("the event stream is unreadable; reading again", exc_info=True)
                 await asyncio.sleep(_RETRY_S)

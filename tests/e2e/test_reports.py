@@ -62,3 +62,15 @@ def test_a_bad_window_is_refused(platform) -> None:
     with platform.client("viewer") as viewer:
         assert viewer.get("/v1/reports", params={"window": 0}).status_code in (400, 422)
         assert viewer.get("/v1/reports", params={"group_by": "colour"}).status_code in (400, 422)
+
+
+def test_a_canary_analysis_of_unknown_versions_is_refused_over_rest(platform) -> None:
+    body = {"subject": "echo", "baseline": "dev", "canary": "9.9.9", "window_s": 600}
+    with platform.client("operator") as operator:
+        refused = operator.post("/v1/canary-analyses", json=body)
+        assert refused.status_code == 400, refused.text
+        assert "9.9.9" in refused.json()["detail"]
+        missing = operator.get(f"/v1/canary-analyses/{uuid.uuid4()}")
+        assert missing.status_code == 404
+    with platform.client("viewer") as viewer:
+        assert viewer.post("/v1/canary-analyses", json=body).status_code == 403

@@ -336,7 +336,13 @@ def test_every_route_admits_exactly_the_roles_that_may_use_it(platform) -> None:
         with platform.client(role) as client:
             for method, path in routes:
                 url = path
-                for name in ("task_id", "dead_letter_id", "run_id", "subscription_id"):
+                for name in (
+                    "task_id",
+                    "dead_letter_id",
+                    "run_id",
+                    "subscription_id",
+                    "analysis_id",
+                ):
                     url = url.replace(f"{{{name}}}", str(uuid.uuid4()))
                 url = url.replace("{name}", "no-such-workflow")
                 # A body no route accepts: what is let through fails validation, changes

@@ -2,6 +2,7 @@
 it was away is missed."""
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -159,3 +160,94 @@ async def test_an_entry_delivered_again_after_it_was_written_is_not_counted_twic
         "task.succeeded": 1
     }
     await engine.dispose()
+
+
+def _versioned(version: str, type_: str, took: float, failed: bool = False) -> dict:
+    return {**_task(type_, took=took, error="boom" if failed else None), "version": version}
+
+
+def _cohort(version: str, type_: str, n: int, failures: int, took: float) -> list:
+    outcome = ["task.failed"] * failures + ["task.succeeded"] * (n - failures)
+    return [
+        (
+            event,
+            f"task/{type_}-{version}-{i}",
+            _versioned(version, type_, took, event == "task.failed"),
+        )
+        for i, event in enumerate(outcome)
+    ]
+
+
+async def test_canary_verdicts_are_answered_and_recorded(
+    clean_db: str, redis_url: str, redis_prefix: str
+) -> None:
+    client = create_redis(redis_url)
+    bus = EventBus(client, Keys(redis_prefix), source="task_agent/a")
+    app = AnalysisApp(_settings(clean_db, redis_url, redis_prefix))
+    await app.start()
+    channel = channel_to(app.server.port, "analysis", role="operator")
+    stub = analysis_pb2_grpc.AnalysisServiceStub(channel)
+    try:
+        # echo: the canary fails a fifth of its tasks. sum: the canary is no worse.
+        items = (
+            _cohort("1.0", "echo", 100, 1, 0.2)
+            + _cohort("1.1", "echo", 100, 20, 0.2)
+            + _cohort("2.0", "sum", 100, 1, 0.2)
+            + _cohort("2.1", "sum", 100, 1, 0.2)
+        )
+        await bus.publish_events(make_events(items, bus.source))
+        await _counts(app, {"task.succeeded": 400 - 23, "task.failed": 23})
+
+        failing = await stub.AnalyzeCanary(
+            analysis_pb2.AnalyzeCanaryRequest(
+                subject="echo", baseline="1.0", canary="1.1", window_s=600
+            )
+        )
+        fail = failing.analysis
+        assert fail.verdict == analysis_pb2.VERDICT_FAIL
+        stats = json.loads(fail.statistics)
+        assert stats["cohorts"]["canary"]["failed"] == 20
+        assert stats["cohorts"]["baseline"]["total"] == 100
+        assert stats["error_rate"]["p_value"] < 0.01
+        assert stats["error_rate"]["significant"]
+
+        passing = await stub.AnalyzeCanary(
+            analysis_pb2.AnalyzeCanaryRequest(
+                subject="*", baseline="2.0", canary="2.1", window_s=600
+            )
+        )
+        assert passing.analysis.verdict == analysis_pb2.VERDICT_PASS
+        assert json.loads(passing.analysis.statistics)["duration"]["median_ratio"] == pytest.approx(
+            1.0
+        )
+
+        for made in (fail, passing.analysis):
+            again = await stub.GetCanaryAnalysis(analysis_pb2.GetCanaryAnalysisRequest(id=made.id))
+            assert again.analysis.verdict == made.verdict
+            assert json.loads(again.analysis.statistics) == json.loads(made.statistics)
+            assert (again.analysis.baseline, again.analysis.canary) == (made.baseline, made.canary)
+
+        for bad, says in (
+            (analysis_pb2.AnalyzeCanaryRequest(baseline="1.0", canary="9.9", window_s=600), "9.9"),
+            (
+                analysis_pb2.AnalyzeCanaryRequest(baseline="1.0", canary="1.1", window_s=0),
+                "window_s",
+            ),
+            (
+                analysis_pb2.AnalyzeCanaryRequest(baseline="1.0", canary="1.1", window_s=8 * 86400),
+                "window_s",
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.AnalyzeCanary(bad)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert says in (refused.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetCanaryAnalysis(
+                analysis_pb2.GetCanaryAnalysisRequest(id="00000000-0000-0000-0000-000000000000")
+            )
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await channel.close()
+        await app.stop()
+        await client.aclose()
