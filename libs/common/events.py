@@ -44,6 +44,16 @@ def make_events(items: Sequence[tuple[str, str, Any]], source: str) -> list[even
     ]
 
 
+def event_data(event: events_pb2.Event) -> Any:
+    """The event's data, decoded; None when it has none or it is not JSON."""
+    if not event.data:
+        return None
+    try:
+        return json.loads(event.data)
+    except ValueError:
+        return None
+
+
 def event_time(event: events_pb2.Event) -> float:
     ts: Timestamp = event.time
     return ts.seconds + ts.nanos / 1e9

@@ -3,7 +3,6 @@ agent version and outcome (counts and a duration histogram), and error fingerpri
 
 The version is the task agent's (`AGENTRY_VERSION`), which every task event carries."""
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentry.events.v1 import events_pb2
-from libs.common.events import event_time
+from libs.common.events import event_data, event_time
 from services.analysis.fingerprints import fingerprint
 from services.analysis.reports import BUCKETS, bucket_of
 
@@ -77,7 +76,9 @@ def fold(events: Iterable[events_pb2.Event]) -> Fold:
         outcome = OUTCOMES.get(event.type)
         if outcome is None:
             continue
-        data = _data(event)
+        data = event_data(event)
+        if not isinstance(data, dict):
+            data = {}
         key = Key(
             minute_of(event_time(event)),
             str(data.get("type") or ""),
@@ -109,11 +110,3 @@ def _seen(
     seen.count += 1
     seen.first_seen = min(seen.first_seen, when)
     seen.last_seen = max(seen.last_seen, when)
-
-
-def _data(event: events_pb2.Event) -> dict[str, Any]:
-    try:
-        data = json.loads(event.data) if event.data else {}
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}

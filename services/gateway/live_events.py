@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentry.events.v1 import events_pb2
 from libs.common.events import _FIELD as EVENT_FIELD
+from libs.common.events import event_data
 from libs.common.redis_client import Keys
 
 log = structlog.get_logger(__name__)
@@ -274,17 +275,7 @@ def _live(position: Position, event: events_pb2.Event) -> LiveEvent:
         "type": event.type,
         "subject": event.subject,
         "time": event.time.ToJsonString(),
-        "data": _data(event),
+        "data": event_data(event),
         "source": event.source,
     }
     return LiveEvent(position, event.type, event.subject, json.dumps(frame, separators=(",", ":")))
-
-
-def _data(event: events_pb2.Event) -> Any:
-    if not event.data:
-        return None
-    try:
-        return json.loads(event.data)
-    except ValueError:
-        log.warning("an event's data is not JSON", event_id=event.id, type=event.type)
-        return None

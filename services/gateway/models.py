@@ -109,8 +109,8 @@ class TaskOut(BaseModel):
             id=task.id,
             type=task.type,
             state=tasks_pb2.TaskState.Name(task.state).removeprefix("TASK_STATE_"),
-            payload=_json(task.payload),
-            result=_json(task.result),
+            payload=json_of(task.payload),
+            result=json_of(task.result),
             error=TaskErrorOut(
                 reason=task.error.reason, message=task.error.message, kind=task.error.kind
             )
@@ -124,11 +124,11 @@ class TaskOut(BaseModel):
             progress=task.progress,
             agent=task.agent or None,
             parent_id=task.parent_id or None,
-            created_at=_time(task, "created_at"),
-            updated_at=_time(task, "updated_at"),
-            run_at=_time(task, "run_at"),
-            started_at=_time(task, "started_at"),
-            finished_at=_time(task, "finished_at"),
+            created_at=time_of(task, "created_at"),
+            updated_at=time_of(task, "updated_at"),
+            run_at=time_of(task, "run_at"),
+            started_at=time_of(task, "started_at"),
+            finished_at=time_of(task, "finished_at"),
         )
 
 
@@ -153,7 +153,7 @@ class DeadLetterOut(BaseModel):
         return cls(
             id=letter.id,
             reason=letter.reason,
-            created_at=_time(letter, "created_at"),
+            created_at=time_of(letter, "created_at"),
             redriven_task_id=letter.redriven_task_id or None,
             task=TaskOut.from_proto(letter.task),
         )
@@ -175,11 +175,11 @@ class CancelIn(BaseModel):
     reason: str = ""
 
 
-def _json(raw: bytes) -> Any:
+def json_of(raw: bytes) -> Any:
     return json.loads(raw) if raw else None
 
 
-def _time(message: Any, field: str) -> datetime | None:
+def time_of(message: Any, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
     value: Timestamp = getattr(message, field)

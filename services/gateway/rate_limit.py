@@ -10,25 +10,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from libs.common.errors import ResourceExhausted
+from libs.common.token_bucket import TokenBuckets
 
 log = structlog.get_logger(__name__)
-
-# KEYS[1]: the bucket. ARGV: rate per second, burst. Answers the seconds to wait before a
-# token is there (0: one was taken; nothing is taken otherwise).
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 60000)
-return tostring(wait)
-"""
 
 
 class PrincipalRateLimit:
@@ -38,7 +22,7 @@ class PrincipalRateLimit:
         self._prefix = prefix
         self._rate = rate_per_s
         self._burst = burst
-        self._take = client.register_script(_TAKE)
+        self._buckets = TokenBuckets(client)
 
     @property
     def enabled(self) -> bool:
@@ -53,9 +37,7 @@ class PrincipalRateLimit:
         if not self.enabled:
             return
         try:
-            wait = float(
-                await self._take(keys=[self.bucket(subject)], args=[self._rate, self._burst])
-            )
+            wait = await self._buckets.take(self.bucket(subject), self._rate, self._burst)
         except RedisError:
             # The limit protects the services; it must not take the API down with Redis.
             log.warning("rate limit not checked: Redis failed", subject=subject, exc_info=True)

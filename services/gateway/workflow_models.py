@@ -1,16 +1,16 @@
 """The JSON shapes of /v1/workflows and /v1/runs."""
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import yaml
-from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentry.workflows.v1 import workflows_pb2
 from libs.common.errors import InvalidArgument
+from services.gateway.models import json_of, time_of
 
 JSON_MEDIA_TYPE = "application/json"
 YAML_MEDIA_TYPES = frozenset({"application/yaml", "text/yaml"})
@@ -44,8 +44,8 @@ class WorkflowOut(BaseModel):
         return cls(
             name=workflow.name,
             version=workflow.version,
-            definition=_json(workflow.definition),
-            created_at=_time(workflow, "created_at"),
+            definition=json_of(workflow.definition),
+            created_at=time_of(workflow, "created_at"),
         )
 
 
@@ -122,10 +122,10 @@ class StepRunOut(BaseModel):
             state=workflows_pb2.StepState.Name(step.state).removeprefix("STEP_STATE_"),
             task_ids=list(step.task_ids),
             attempts=step.attempts,
-            output=_json(step.output),
+            output=json_of(step.output),
             error=step.error or None,
-            started_at=_time(step, "started_at"),
-            finished_at=_time(step, "finished_at"),
+            started_at=time_of(step, "started_at"),
+            finished_at=time_of(step, "finished_at"),
         )
 
 
@@ -149,12 +149,12 @@ class RunOut(BaseModel):
             workflow=run.workflow,
             version=run.version,
             state=workflows_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_"),
-            input=_json(run.input),
-            output=_json(run.output),
+            input=json_of(run.input),
+            output=json_of(run.output),
             error=run.error or None,
             steps=[StepRunOut.from_proto(s) for s in run.steps],
-            created_at=_time(run, "created_at"),
-            updated_at=_time(run, "updated_at"),
+            created_at=time_of(run, "created_at"),
+            updated_at=time_of(run, "updated_at"),
             idempotency_key=run.idempotency_key or None,
         )
 
@@ -162,14 +162,3 @@ class RunOut(BaseModel):
 class RunPage(BaseModel):
     items: list[RunOut]
     next_page_token: str | None
-
-
-def _json(raw: bytes) -> Any:
-    return json.loads(raw) if raw else None
-
-
-def _time(message: Any, field: str) -> datetime | None:
-    if not message.HasField(field):
-        return None
-    value: Timestamp = getattr(message, field)
-    return value.ToDatetime(tzinfo=UTC)

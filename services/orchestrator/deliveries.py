@@ -20,6 +20,7 @@ from agentry.events.v1 import events_pb2
 from agentry.tasks.v1 import tasks_pb2
 from libs.common.crypto import Keyring
 from libs.common.errors import InvalidArgument
+from libs.common.events import event_data
 from libs.common.webhooks import canonical_json, sealed_secret_aad
 from services.orchestrator.subscriptions import Matcher, Signing
 
@@ -66,15 +67,6 @@ def is_delivery(event_type: str, data: Any) -> bool:
     )
 
 
-def _data(event: events_pb2.Event) -> Any:
-    if not event.data:
-        return None
-    try:
-        return json.loads(event.data)
-    except ValueError:
-        return None
-
-
 class WebhookDeliveries:
     """The subscriptions are read again every `refresh_s`, and at once after this
     orchestrator changed them (`changed`)."""
@@ -119,7 +111,7 @@ class WebhookDeliveries:
             wanting = matcher.wanting(event.type)
             if not wanting:
                 continue
-            data = _data(event)
+            data = event_data(event)
             if is_delivery(event.type, data):
                 continue
             body = envelope(event, data)

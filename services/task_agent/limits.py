@@ -5,45 +5,13 @@ name) and concurrency limits (at most N holders per key, each holding a lease)."
 import redis.asyncio as redis
 
 from libs.common.redis_client import Keys
-
-# KEYS[1]: the bucket. ARGV: rate per second, burst. Answers the seconds to wait before a
-# token is available (0: one was taken). A bucket stays empty while it is penalized.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'blocked_until')
-local blocked = tonumber(b[3]) or 0
-if now < blocked then return tostring((blocked - now) / 1000) end
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 60000)
-return tostring(wait)
-"""
-
-# KEYS[1]: the bucket. ARGV: seconds during which nobody gets a token (a 429's Retry-After).
-_PENALIZE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until_ms = now + math.floor(tonumber(ARGV[1]) * 1000)
-local current = tonumber(redis.call('HGET', KEYS[1], 'blocked_until')) or 0
-if until_ms > current then
-  redis.call('HSET', KEYS[1], 'blocked_until', until_ms, 'tokens', 0, 'ts', now)
-  redis.call('PEXPIRE', KEYS[1], until_ms - now + 60000)
-end
-return 1
-"""
+from libs.common.token_bucket import TokenBuckets
 
 
 class RateLimiter:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._keys = keys
-        self._acquire = client.register_script(_ACQUIRE)
-        self._penalize = client.register_script(_PENALIZE)
+        self._buckets = TokenBuckets(client)
 
     def _bucket(self, name: str) -> str:
         return self._keys.rate_bucket(name)
@@ -54,12 +22,11 @@ class RateLimiter:
         if not rate_per_s > 0:
             raise ValueError(f"a rate limit must be positive, not {rate_per_s}")
         burst = max(1.0, burst if burst is not None else rate_per_s)
-        wait = await self._acquire(keys=[self._bucket(name)], args=[rate_per_s, burst])
-        return float(wait)
+        return await self._buckets.take(self._bucket(name), rate_per_s, burst)
 
     async def penalize(self, name: str, seconds: float) -> None:
         """Empties the bucket for `seconds`: every replica backs off (a 429 from upstream)."""
-        await self._penalize(keys=[self._bucket(name)], args=[seconds])
+        await self._buckets.penalize(self._bucket(name), seconds)
 
 
 # KEYS[1]: the holders of a key (sorted set scored by lease expiry). ARGV: limit, holder,
