@@ -13,7 +13,7 @@ export GRPC_ENABLE_FORK_SUPPORT := false
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIR := libs/protos
 
-.PHONY: venv certs run test lint format protos check-protos bench clean
+.PHONY: venv debs certs run test lint format protos check-protos bench clean
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,19 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/agentry-checkout.pth"
 	touch $@
 
+# Debian packages the suite drives (Chromium for the dashboard's browser tests, promtool for
+# the alert rules), installed when missing; without root or sudo, the tests that need them
+# say so and skip.
+DEBIAN_PACKAGES := chromium prometheus
+debs:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done | tr "\n" " "); \
+	if [ -n "$$missing" ]; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing Debian packages: $$missing"; \
+		{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+			--no-install-recommends $$missing >/dev/null; } || echo "could not install $$missing" >&2; \
+	fi
+
 # The dev CA, a certificate per service, the token and data keys, in .dev/ (made again
 # when missing or about to expire; `make run` does this too).
 certs: venv
@@ -33,7 +46,7 @@ certs: venv
 run: venv certs
 	$(PY) -m dev.run
 
-test: venv lint check-protos
+test: venv debs lint check-protos
 	$(PY) -m pytest
 
 lint: venv
