@@ -70,6 +70,16 @@ class TaskEndLike(Protocol):
 
 
 @dataclass(frozen=True)
+class StartedStep:
+    """The tasks (or child runs) one step of a run started, one per item."""
+
+    run_id: uuid.UUID
+    step: str
+    attempt: int
+    task_ids: list[uuid.UUID]
+
+
+@dataclass(frozen=True)
 class Mark:
     step: str
     state: StepState
@@ -263,19 +273,21 @@ class RunStore:
 
     async def steps_of(self, run_id: uuid.UUID) -> tuple[list[StepTask], list[Mark]]:
         async with self._engine.connect() as conn:
-            return await _steps(conn, self, run_id)
+            return (await _steps(conn, self, [run_id]))[run_id]
 
     @asynccontextmanager
-    async def locked(self, run_id: uuid.UUID) -> AsyncIterator["RunTx | None"]:
-        """A transaction holding the run's row lock; None when there is no such run."""
+    async def locked(self, run_ids: Sequence[uuid.UUID]) -> AsyncIterator["RunTx"]:
+        """A transaction holding the row locks of those of `run_ids` that exist, taken in id
+        order: two transactions locking overlapping sets wait for each other, never
+        deadlock."""
         async with self._engine.begin() as conn:
-            found = (
-                await conn.execute(
-                    sa.text("SELECT * FROM orchestrator.runs WHERE id = :id FOR UPDATE"),
-                    {"id": run_id},
-                )
-            ).first()
-            yield RunTx(conn, self, self._run(found)) if found else None
+            rows = await conn.execute(
+                sa.text(
+                    "SELECT * FROM orchestrator.runs WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+                ),
+                {"ids": list(run_ids)},
+            )
+            yield RunTx(conn, self, [self._run(row) for row in rows])
 
     async def stale_runs(self, older_than_s: float, limit: int) -> list[uuid.UUID]:
         """Running runs nobody changed for a while (a completion may have been lost), or
@@ -291,16 +303,18 @@ class RunStore:
 
 
 class RunTx:
-    """Reads and writes of one run inside its locked transaction."""
+    """Reads and writes of runs inside the transaction that holds their locks."""
 
-    def __init__(self, conn: AsyncConnection, store: RunStore, run: RunRecord) -> None:
+    def __init__(self, conn: AsyncConnection, store: RunStore, runs: list[RunRecord]) -> None:
         self._conn = conn
         self._store = store
-        # The run as it was when its lock was taken.
-        self.run = run
+        # The runs as they were when their locks were taken, in id order.
+        self.runs = runs
 
-    async def steps(self, run_id: uuid.UUID) -> tuple[list[StepTask], list[Mark]]:
-        return await _steps(self._conn, self._store, run_id)
+    async def steps(
+        self, run_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[list[StepTask], list[Mark]]]:
+        return await _steps(self._conn, self._store, run_ids)
 
     async def insert_child(
         self,
@@ -316,21 +330,31 @@ class RunTx:
             self._conn, workflow, run_input, idempotency_key, deadline_s, parent
         )
 
-    async def add_tasks(
-        self, run_id: uuid.UUID, step: str, attempt: int, task_ids: Sequence[uuid.UUID]
-    ) -> None:
-        """The tasks a step now runs (replacing an earlier attempt's)."""
+    async def add_tasks(self, started: Sequence[StartedStep]) -> None:
+        """The tasks (or child runs) steps now run, replacing an earlier attempt's: one
+        statement for them all."""
+        rows = [
+            (s.run_id, s.step, item, s.attempt, task_id)
+            for s in started
+            for item, task_id in enumerate(s.task_ids)
+        ]
+        if not rows:
+            return
+        runs, steps, items, attempts, task_ids = (
+            list(column) for column in zip(*rows, strict=True)
+        )
         await self._conn.execute(
             sa.text(
                 "INSERT INTO orchestrator.step_tasks"
                 " (run_id, step, item, attempt, task_id, state, started_at)"
-                " SELECT :run_id, :step, i - 1, :attempt, t, 'RUNNING', now()"
-                " FROM unnest(CAST(:tasks AS uuid[])) WITH ORDINALITY AS u(t, i)"
+                " SELECT r, s, i, a, t, 'RUNNING', now() FROM unnest(CAST(:runs AS uuid[]),"
+                " CAST(:steps AS text[]), CAST(:items AS int[]), CAST(:attempts AS int[]),"
+                " CAST(:tasks AS uuid[])) AS u(r, s, i, a, t)"
                 " ON CONFLICT (run_id, step, item) DO UPDATE SET attempt = excluded.attempt,"
                 " task_id = excluded.task_id, state = 'RUNNING', output = NULL, error = '',"
                 " started_at = now(), finished_at = NULL"
             ),
-            {"run_id": run_id, "step": step, "attempt": attempt, "tasks": list(task_ids)},
+            {"runs": runs, "steps": steps, "items": items, "attempts": attempts, "tasks": task_ids},
         )
 
     async def finish_tasks(self, ends: Sequence["TaskEndLike"]) -> None:
@@ -436,39 +460,48 @@ class RunTx:
             },
         )
 
-    async def touch(self, run_id: uuid.UUID) -> None:
-        await self._conn.execute(
-            sa.text("UPDATE orchestrator.runs SET updated_at = now() WHERE id = :id"),
-            {"id": run_id},
-        )
+    async def touch(self, run_ids: Sequence[uuid.UUID]) -> None:
+        if run_ids:
+            await self._conn.execute(
+                sa.text("UPDATE orchestrator.runs SET updated_at = now() WHERE id = ANY(:ids)"),
+                {"ids": list(run_ids)},
+            )
 
 
 async def _steps(
-    conn: AsyncConnection, store: RunStore, run_id: uuid.UUID
-) -> tuple[list[StepTask], list[Mark]]:
+    conn: AsyncConnection, store: RunStore, run_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[list[StepTask], list[Mark]]]:
+    """The steps' tasks and marks of each of `run_ids`, in two queries."""
+    found: dict[uuid.UUID, tuple[list[StepTask], list[Mark]]] = {r: ([], []) for r in run_ids}
     tasks = await conn.execute(
-        sa.text("SELECT * FROM orchestrator.step_tasks WHERE run_id = :id ORDER BY step, item"),
-        {"id": run_id},
+        sa.text(
+            "SELECT * FROM orchestrator.step_tasks WHERE run_id = ANY(:ids)"
+            " ORDER BY run_id, step, item"
+        ),
+        {"ids": list(run_ids)},
     )
-    found = [
-        StepTask(
-            step=row.step,
-            task_id=row.task_id,
-            item=Item(
-                row.item,
-                row.attempt,
-                StepState(row.state),
-                store._open(row.output, "step_tasks.output", row.task_id)
-                if row.output is not None
-                else None,
-                row.error,
-            ),
-            started_at=row.started_at,
-            finished_at=row.finished_at,
+    for row in tasks:
+        found[row.run_id][0].append(
+            StepTask(
+                step=row.step,
+                task_id=row.task_id,
+                item=Item(
+                    row.item,
+                    row.attempt,
+                    StepState(row.state),
+                    store._open(row.output, "step_tasks.output", row.task_id)
+                    if row.output is not None
+                    else None,
+                    row.error,
+                ),
+                started_at=row.started_at,
+                finished_at=row.finished_at,
+            )
         )
-        for row in tasks
-    ]
     marks = await conn.execute(
-        sa.text("SELECT * FROM orchestrator.step_marks WHERE run_id = :id"), {"id": run_id}
+        sa.text("SELECT * FROM orchestrator.step_marks WHERE run_id = ANY(:ids)"),
+        {"ids": list(run_ids)},
     )
-    return found, [Mark(r.step, StepState(r.state), r.error, r.at) for r in marks]
+    for r in marks:
+        found[r.run_id][1].append(Mark(r.step, StepState(r.state), r.error, r.at))
+    return found

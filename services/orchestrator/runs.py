@@ -9,8 +9,8 @@ import contextlib
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.common.events import EventBus, make_events
 from services.orchestrator.dag import (
     Item,
+    Plan,
     RunState,
     Start,
     StepState,
@@ -38,6 +39,7 @@ from services.orchestrator.run_store import (
     RunRecord,
     RunStore,
     RunTx,
+    StartedStep,
     StepTask,
     WorkflowRecord,
 )
@@ -48,8 +50,11 @@ log = structlog.get_logger(__name__)
 # Child workflows nest at most this deep (a workflow cannot run itself, but A may run B
 # which runs A).
 MAX_DEPTH = 8
-# Runs advanced at once by one orchestrator (each holds a database connection).
-ADVANCING_AT_ONCE = 6
+# Runs advanced in one transaction, at most.
+RUNS_PER_ADVANCE = 200
+
+# A run's event before it is published: (type, step or "", data).
+Event = tuple[str, str, Any]
 
 
 @dataclass(frozen=True)
@@ -100,12 +105,92 @@ def _views(
     return {s.name: view_step(s, items[s.name], marked.get(s.name)) for s in steps}
 
 
+class _Refused(Exception):
+    """TaskService refused a batch's tasks: the runs advance one by one instead."""
+
+
+class _Coalescer:
+    """Advances asked for while one is under way wait, and go together in the next: under
+    load, one transaction and one SubmitTasks serve many callers (as a database's group
+    commit does); alone, a caller waits for nothing."""
+
+    def __init__(
+        self, advance_many: Callable[[Mapping[uuid.UUID, Sequence[TaskEnd]]], Awaitable[None]]
+    ) -> None:
+        self._advance_many = advance_many
+        self._waiting: dict[uuid.UUID, asyncio.Future[None]] = {}
+        self._draining: asyncio.Task[None] | None = None
+
+    async def advance(self, run_id: uuid.UUID) -> None:
+        future = self._waiting.get(run_id)
+        if future is None:
+            future = self._waiting[run_id] = asyncio.get_running_loop().create_future()
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                await self._advance_many({run_id: () for run_id in batch})
+            except Exception as exc:  # each caller sees it, as if it had advanced alone
+                for future in batch.values():
+                    future.set_exception(exc)
+            else:
+                for future in batch.values():
+                    future.set_result(None)
+
+
+@dataclass
+class _Move:
+    """One run's advance: worked out from its plan, then written with other runs'."""
+
+    run: RunRecord
+    defn: WorkflowDef
+    plan: Plan
+    events: list[Event]
+    cancelled: list[tuple[str, uuid.UUID]] = field(default_factory=list)
+    children: list[uuid.UUID] = field(default_factory=list)
+    # TaskService refused the tasks of the steps it starts: they failed instead.
+    refused: bool = False
+
+    @property
+    def ended(self) -> bool:
+        return self.plan.ended is not None
+
+
+def _move(
+    run: RunRecord,
+    defn: WorkflowDef,
+    tasks: Sequence[StepTask],
+    marks: Sequence[Mark],
+    ends: Sequence[TaskEnd],
+) -> _Move:
+    """What advancing `run` does once `ends` are recorded (a run past its deadline fails,
+    its running steps cancelled)."""
+    before = _views(defn, tasks, marks)
+    views = _views(defn, _with_ends(tasks, ends), marks) if ends else before
+    events: list[Event] = [
+        (f"step.{view.state.lower()}", name, {"error": view.error})
+        for name, view in views.items()
+        if view.state != before[name].state and view.state != StepState.RUNNING
+    ]
+    if run.deadline_at is not None and run.deadline_at <= datetime.now(UTC):
+        running = [name for name, view in views.items() if view.state == StepState.RUNNING]
+        plan = Plan(ended=RunState.FAILED, error="the workflow timed out", cancel=running)
+    else:
+        plan = plan_run(defn, run.input, views)
+    return _Move(run, defn, plan, events)
+
+
 class Runs:
     def __init__(self, store: RunStore, tasks: TaskClient, events: EventBus) -> None:
         self._store = store
         self._tasks = tasks
         self._events = events
         self._definitions: dict[tuple[str, int], WorkflowDef] = {}
+        self._starts = _Coalescer(self.advance_many)
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -155,7 +240,7 @@ class Runs:
             await self._events.publish(
                 "run.started", f"run/{run.id}", {"workflow": name, "version": record.version}
             )
-            await self.advance(run.id)
+            await self._starts.advance(run.id)
         return await self._run(run.id), created
 
     async def _run(self, run_id: uuid.UUID) -> RunRecord:
@@ -195,38 +280,40 @@ class Runs:
 
     async def advance(self, run_id: uuid.UUID, ends: Sequence[TaskEnd] = ()) -> None:
         """Records `ends` on their steps, then does what the run's plan says."""
-        events: list[tuple[str, str, Any]] = []
-        cancelled: list[tuple[str, uuid.UUID]] = []
-        children: list[uuid.UUID] = []
-        async with self._store.locked(run_id) as tx:
-            if tx is None:
-                return
-            run = tx.run
-            if run.state != RunState.RUNNING:
-                return
-            defn = await self._definition(run.workflow, run.version)
-            tasks, marks = await tx.steps(run_id)
-            before = _views(defn, tasks, marks)
-            await tx.finish_tasks(ends)
-            views = _views(defn, _with_ends(tasks, ends), marks) if ends else before
-            for name, view in views.items():
-                if view.state != before[name].state and view.state != StepState.RUNNING:
-                    events.append((f"step.{view.state.lower()}", name, {"error": view.error}))
-            if run.deadline_at is not None and run.deadline_at <= datetime.now(UTC):
-                running = [n for n, v in views.items() if v.state == StepState.RUNNING]
-                cancelled += await tx.cancel_steps(run_id, running)
-                events += [("step.cancelled", n, {}) for n in running]
-                await tx.set_run(run_id, RunState.FAILED, error="the workflow timed out")
-                events.append(("run.failed", "", {"error": "the workflow timed out"}))
-                ended = True
-            else:
-                ended = await self._carry_out(tx, run, defn, views, events, cancelled, children)
-        await self._publish(run_id, events)
-        await self._stop_work(defn, cancelled)
-        for child in children:
-            await self.advance(child)
-        if ended and run.parent_run_id is not None:
-            await self._tell_parent(await self._run(run_id))
+        await self.advance_many({run_id: ends})
+
+    async def advance_many(self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]) -> None:
+        """Advances runs together, in one transaction that holds their locks: one read of
+        their steps, one write of the ends, one SubmitTasks for every task their plans
+        start, one write of those, one publish. A busy orchestrator's cost per step shrinks
+        with the number of runs in a batch. When TaskService refuses the batch's tasks,
+        nothing of it is written and the runs go one by one, so that only the run whose
+        task it refuses fails its step."""
+        try:
+            await self._advance_together(ends_by_run)
+        except _Refused:
+            for run_id, ends in ends_by_run.items():
+                await self._advance_together({run_id: ends})
+
+    async def _advance_together(self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]) -> None:
+        moves: list[_Move] = []
+        async with self._store.locked(list(ends_by_run)) as tx:
+            running = [run for run in tx.runs if run.state == RunState.RUNNING]
+            steps = await tx.steps([run.id for run in running])
+            await tx.finish_tasks([end for run in running for end in ends_by_run[run.id]])
+            for run in running:
+                defn = await self._definition(run.workflow, run.version)
+                moves.append(_move(run, defn, *steps[run.id], ends_by_run[run.id]))
+            await self._carry_out(tx, moves)
+        await self._publish([(move.run.id, move.events) for move in moves])
+        for move in moves:
+            await self._stop_work(move.defn, move.cancelled)
+            for child in move.children:
+                await self.advance(child)
+            if move.ended and move.run.parent_run_id is not None:
+                await self._tell_parent(await self._run(move.run.id))
+            if move.refused:
+                await self.advance(move.run.id)  # the failed step fails the run, or not
 
     async def _tell_parent(self, child: RunRecord) -> None:
         """A child run ended: its step in the parent run ends the same way."""
@@ -244,59 +331,63 @@ class Runs:
                 with contextlib.suppress(FailedPrecondition):  # it ended meanwhile
                     await self.cancel(str(ident))
 
-    async def _carry_out(
-        self,
-        tx: RunTx,
-        run: RunRecord,
-        defn: WorkflowDef,
-        views: dict[str, StepView],
-        events: list[tuple[str, str, Any]],
-        cancelled: list[tuple[str, uuid.UUID]],
-        children: list[uuid.UUID],
-    ) -> bool:
-        """Carries out the run's plan; answers whether the run ended."""
-        plan = plan_run(defn, run.input, views)
-        for name, state, error in plan.marks:
-            await tx.mark(run.id, name, state, error)
-            events.append((f"step.{state.lower()}", name, {"error": error}))
-        if plan.cancel:
-            cancelled += await tx.cancel_steps(run.id, plan.cancel)
-            events += [("step.cancelled", name, {}) for name in plan.cancel]
-        tasks = [start for start in plan.start if not start.step.workflow]
-        if tasks:
-            specs = [
-                task_spec(start.step, payload, run.id, item, run.attempt)
-                for start in tasks
-                for item, payload in enumerate(start.payloads)
-            ]
-            task_ids = await self._tasks.submit(specs)
-            offset = 0
-            for start in tasks:
-                mine = task_ids[offset : offset + len(start.payloads)]
-                offset += len(start.payloads)
-                await tx.add_tasks(run.id, start.step.name, run.attempt, mine)
-                events.append(("step.started", start.step.name, {"tasks": len(mine)}))
-        for start in plan.start:
-            if start.step.workflow:
-                await self._start_children(tx, run, start, events, children)
-        if plan.ended is not None:
-            await tx.set_run(run.id, plan.ended, plan.output, plan.error)
-            events.append((f"run.{plan.ended.lower()}", "", {"error": plan.error}))
-            return True
-        await tx.touch(run.id)
-        return False
+    async def _carry_out(self, tx: RunTx, moves: Sequence["_Move"]) -> None:
+        """Writes what the runs' plans say, in the transaction holding their locks."""
+        for move in moves:
+            run, plan = move.run, move.plan
+            for name, state, error in plan.marks:
+                await tx.mark(run.id, name, state, error)
+                move.events.append((f"step.{state.lower()}", name, {"error": error}))
+            if plan.cancel:
+                move.cancelled += await tx.cancel_steps(run.id, plan.cancel)
+                move.events += [("step.cancelled", name, {}) for name in plan.cancel]
+        await self._submit(tx, moves)
+        for move in moves:
+            for start in move.plan.start:
+                if start.step.workflow:
+                    await self._start_children(tx, move, start)
+            plan = move.plan
+            if plan.ended is not None:
+                await tx.set_run(move.run.id, plan.ended, plan.output, plan.error)
+                move.events.append((f"run.{plan.ended.lower()}", "", {"error": plan.error}))
+        await tx.touch([move.run.id for move in moves if not move.ended])
 
-    async def _start_children(
-        self,
-        tx: RunTx,
-        run: RunRecord,
-        start: Start,
-        events: list[tuple[str, str, Any]],
-        children: list[uuid.UUID],
-    ) -> None:
+    async def _submit(self, tx: RunTx, moves: Sequence["_Move"]) -> None:
+        """The tasks of every step the plans start, in one SubmitTasks call (idempotency
+        keys make a resubmission after a crash find the same tasks)."""
+        starts = [
+            (move, start) for move in moves for start in move.plan.start if not start.step.workflow
+        ]
+        if not starts:
+            return
+        specs = [
+            task_spec(start.step, payload, move.run.id, item, move.run.attempt)
+            for move, start in starts
+            for item, payload in enumerate(start.payloads)
+        ]
+        try:
+            task_ids = await self._tasks.submit(specs)
+        except InvalidArgument as exc:
+            if len(moves) > 1:
+                raise _Refused from exc
+            for move, start in starts:
+                error = f"TaskService refused its task: {exc}"
+                await tx.mark(move.run.id, start.step.name, StepState.FAILED, error)
+                move.events.append(("step.failed", start.step.name, {"error": error}))
+                move.refused = True
+            return
+        started, offset = [], 0
+        for move, start in starts:
+            mine = task_ids[offset : offset + len(start.payloads)]
+            offset += len(start.payloads)
+            started.append(StartedStep(move.run.id, start.step.name, move.run.attempt, mine))
+            move.events.append(("step.started", start.step.name, {"tasks": len(mine)}))
+        await tx.add_tasks(started)
+
+    async def _start_children(self, tx: RunTx, move: "_Move", start: Start) -> None:
         """A run of the step's workflow per item, keyed like tasks so a retried plan finds
         the same runs; they start once the parent's transaction has committed."""
-        step = start.step
+        run, step = move.run, start.step
         assert step.workflow is not None
         error = ""
         if run.depth + 1 > MAX_DEPTH:
@@ -308,7 +399,7 @@ class Runs:
                 error = str(exc)
         if error:
             await tx.mark(run.id, step.name, StepState.FAILED, error)
-            events.append(("step.failed", step.name, {"error": error}))
+            move.events.append(("step.failed", step.name, {"error": error}))
             return
         child_defn = await self._definition(record.name, record.version)
         ids = []
@@ -320,13 +411,11 @@ class Runs:
             )
             ids.append(child.id)
             if created:
-                children.append(child.id)
-        await tx.add_tasks(run.id, step.name, run.attempt, ids)
-        events.append(("step.started", step.name, {"runs": len(ids)}))
+                move.children.append(child.id)
+        await tx.add_tasks([StartedStep(run.id, step.name, run.attempt, ids)])
+        move.events.append(("step.started", step.name, {"runs": len(ids)}))
 
-    async def _publish(self, run_id: uuid.UUID, events: list[tuple[str, str, Any]]) -> None:
-        if not events:
-            return
+    async def _publish(self, by_run: Sequence[tuple[uuid.UUID, list[Event]]]) -> None:
         # One subject for the run and its steps: a watcher of the run sees them all.
         items = [
             (
@@ -334,44 +423,39 @@ class Runs:
                 f"run/{run_id}",
                 {"run": str(run_id), **({"step": step} if step else {}), **data},
             )
+            for run_id, events in by_run
             for type_, step, data in events
         ]
-        await self._events.publish_events(make_events(items, self._events.source))
+        if items:
+            await self._events.publish_events(make_events(items, self._events.source))
 
     async def tasks_ended(self, ends: Sequence[tuple[uuid.UUID, TaskEnd]]) -> None:
-        """Task ends that the event stream brought, by run."""
+        """Task ends that the event stream brought: their runs advance together, a batch
+        of runs per transaction."""
         by_run: dict[uuid.UUID, list[TaskEnd]] = defaultdict(list)
         for run_id, end in ends:
             by_run[run_id].append(end)
-        # Runs advance side by side (each under its own lock), a few at a time: a run's
-        # advance mostly waits on Postgres and TaskService.
-        gate = asyncio.Semaphore(ADVANCING_AT_ONCE)
-
-        async def one(run_id: uuid.UUID, run_ends: list[TaskEnd]) -> None:
-            async with gate:
-                await self.advance(run_id, run_ends)
-
-        await asyncio.gather(*(one(run_id, run_ends) for run_id, run_ends in by_run.items()))
+        run_ids = list(by_run)
+        for start in range(0, len(run_ids), RUNS_PER_ADVANCE):
+            await self.advance_many(
+                {r: by_run[r] for r in run_ids[start : start + RUNS_PER_ADVANCE]}
+            )
 
     async def cancel(self, run_id: str) -> RunRecord:
         rid = _uuid(run_id, "run id")
-        async with self._store.locked(rid) as tx:
-            if tx is None:
+        async with self._store.locked([rid]) as tx:
+            if not tx.runs:
                 raise NotFound(f"no run {run_id}")
-            run = tx.run
+            [run] = tx.runs
             if run.state != RunState.RUNNING:
                 raise FailedPrecondition(f"run {run_id} is {run.state.value}, not RUNNING")
             defn = await self._definition(run.workflow, run.version)
-            running = [
-                n
-                for n, v in _views(defn, *(await tx.steps(rid))).items()
-                if v.state == StepState.RUNNING
-            ]
+            steps = (await tx.steps([rid]))[rid]
+            running = [n for n, v in _views(defn, *steps).items() if v.state == StepState.RUNNING]
             cancelled = await tx.cancel_steps(rid, running)
             await tx.set_run(rid, RunState.CANCELLED, error="cancelled")
-        await self._publish(
-            rid, [*(("step.cancelled", n, {}) for n in running), ("run.cancelled", "", {})]
-        )
+        events: list[Event] = [*(("step.cancelled", n, {}) for n in running)]
+        await self._publish([(rid, [*events, ("run.cancelled", "", {})])])
         await self._stop_work(defn, cancelled)
         ended = await self._run(rid)
         if ended.parent_run_id is not None:
@@ -380,17 +464,17 @@ class Runs:
 
     async def retry(self, run_id: str) -> RunRecord:
         rid = _uuid(run_id, "run id")
-        async with self._store.locked(rid) as tx:
-            if tx is None:
+        async with self._store.locked([rid]) as tx:
+            if not tx.runs:
                 raise NotFound(f"no run {run_id}")
-            run = tx.run
+            [run] = tx.runs
             if run.state not in (RunState.FAILED, RunState.CANCELLED):
                 raise FailedPrecondition(
                     f"run {run_id} is {run.state.value}: only a failed or cancelled run is retried"
                 )
             defn = await self._definition(run.workflow, run.version)
             again = await tx.retry(rid, defn.on_failure.name if defn.on_failure else None)
-        await self._publish(rid, [("run.retried", "", {"steps": again})])
+        await self._publish([(rid, [("run.retried", "", {"steps": again})])])
         await self.advance(rid)
         return await self._run(rid)
 

@@ -11,12 +11,11 @@ import grpc
 
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.channels import ServiceChannel
-from libs.common.errors import NotFound
 from libs.common.grpc_errors import from_rpc_error
 from libs.common.identity import AgentIdentity
 from services.orchestrator.definition import StepDef
 
-# SubmitTasks takes at most this many specs per call.
+# SubmitTasks takes at most this many specs per call, GetTasks this many ids.
 BATCH = 1000
 
 
@@ -88,22 +87,26 @@ class TaskClient:
         return ids
 
     async def ends(self, task_ids: Sequence[uuid.UUID]) -> list[TaskEnd]:
-        """How those of `task_ids` that have ended ended."""
-
-        async def one(task_id: uuid.UUID) -> TaskEnd | None:
+        """How those of `task_ids` that have ended ended (a task that is gone failed)."""
+        ends: list[TaskEnd] = []
+        for start in range(0, len(task_ids), BATCH):
+            asked = task_ids[start : start + BATCH]
+            request = tasks_pb2.GetTasksRequest(task_ids=[str(t) for t in asked])
             try:
-                reply = await self._stub.GetTask(
-                    tasks_pb2.GetTaskRequest(task_id=str(task_id)), timeout=self._timeout_s
-                )
+                reply = await self._stub.GetTasks(request, timeout=self._timeout_s)
             except grpc.aio.AioRpcError as exc:
-                error = from_rpc_error(exc)
-                if isinstance(error, NotFound):
-                    return TaskEnd(task_id, "FAILED", error="the task is gone")
-                raise error from None
-            return task_end(reply.task)
-
-        found = await asyncio.gather(*(one(t) for t in task_ids))
-        return [end for end in found if end is not None]
+                raise from_rpc_error(exc) from None
+            found = {uuid.UUID(task.id): task for task in reply.tasks}
+            for task_id in asked:
+                task = found.get(task_id)
+                end = (
+                    task_end(task)
+                    if task is not None
+                    else TaskEnd(task_id, "FAILED", error="the task is gone")
+                )
+                if end is not None:
+                    ends.append(end)
+        return ends
 
     async def cancel(self, task_ids: Sequence[uuid.UUID]) -> None:
         async def one(task_id: uuid.UUID) -> None:

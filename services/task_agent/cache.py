@@ -45,8 +45,23 @@ class TaskCache:
 
     async def get(self, task_id: uuid.UUID) -> Task | None:
         raw: Any = await self._redis.get(self._keys.task_cache(str(task_id)))
-        if raw is None:
-            return None
+        return None if raw is None else await self._decoded(task_id, raw)
+
+    async def get_many(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Task]:
+        """The cached ones of `task_ids`, in one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.get(self._keys.task_cache(str(task_id)))
+            raws: list[Any] = await pipe.execute()
+        found = {}
+        for task_id, raw in zip(task_ids, raws, strict=True):
+            if raw is not None:
+                task = await self._decoded(task_id, raw)
+                if task is not None:
+                    found[task_id] = task
+        return found
+
+    async def _decoded(self, task_id: uuid.UUID, raw: bytes) -> Task | None:
         _, _, value = raw.partition(b"|")
         try:
             return self._decode(json.loads(value))

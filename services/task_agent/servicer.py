@@ -31,6 +31,12 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         task = await self._tasks.get(request.task_id)
         return tasks_pb2.GetTaskResponse(task=convert.task_to_proto(task))
 
+    async def GetTasks(
+        self, request: tasks_pb2.GetTasksRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.GetTasksResponse:
+        found = await self._tasks.get_many(request.task_ids)
+        return tasks_pb2.GetTasksResponse(tasks=[convert.task_to_proto(t) for t in found])
+
     async def ListTasks(
         self, request: tasks_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.ListTasksResponse:

@@ -131,6 +131,11 @@ class TaskStore:
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
         return self._task(row) if row else None
 
+    async def get_many(self, task_ids: Sequence[uuid.UUID]) -> list[Task]:
+        async with self._single() as conn:
+            rows = await conn.execute(sa.select(tasks).where(tasks.c.id.in_(task_ids)))
+            return [self._task(row) for row in rows]
+
     async def list_tasks(
         self,
         state: TaskState | None,

@@ -23,6 +23,7 @@ from tests.secure import channel_to, dev_secrets, security_settings
 REGISTERS = {"RegisterAgent", "Heartbeat"}
 READS = {
     "GetTask",
+    "GetTasks",
     "ListTasks",
     "WatchTask",
     "ListDeadLetters",
@@ -70,6 +71,7 @@ EXPECTED = {
         "SubmitTask",
         "SubmitTasks",
         "GetTask",
+        "GetTasks",
         "CancelTask",
         "WatchTask",
         "ListTaskTypes",

@@ -55,3 +55,29 @@ async def test_bad_submissions_are_refused_and_store_nothing(tasks_stub, spec, m
     assert message in refused.value.details()
     listed = await tasks_stub.ListTasks(tasks_pb2.ListTasksRequest())
     assert list(listed.tasks) == []
+
+
+async def test_several_tasks_are_read_in_one_call(tasks_stub) -> None:
+    specs = [tasks_pb2.TaskSpec(type="echo", payload=json.dumps(n).encode()) for n in range(3)]
+    submitted = await tasks_stub.SubmitTasks(tasks_pb2.SubmitTasksRequest(tasks=specs))
+    ids = [task.id for task in submitted.tasks]
+    for task_id in ids:
+        await _watch_until_terminal(tasks_stub, task_id)
+    missing = "00000000-0000-4000-8000-000000000000"
+
+    reply = await tasks_stub.GetTasks(tasks_pb2.GetTasksRequest(task_ids=[*ids, missing]))
+
+    assert [task.id for task in reply.tasks] == ids
+    assert [json.loads(task.result) for task in reply.tasks] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("task_ids", "message"),
+    [(["not-a-uuid"], "task_ids"), ([f"{n:032x}" for n in range(1001)], "at most 1000")],
+)
+async def test_bad_batched_reads_are_refused(tasks_stub, task_ids, message) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await tasks_stub.GetTasks(tasks_pb2.GetTasksRequest(task_ids=task_ids))
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in refused.value.details()

@@ -1,6 +1,7 @@
 """Workflows run end to end on a real orchestrator and task agent: dependencies, fan-out
 and fan-in, skipped steps, failures with on_failure, cancel, retry, idempotent starts."""
 
+import asyncio
 import json
 
 import grpc
@@ -144,6 +145,24 @@ async def test_a_failed_step_fails_the_run_runs_on_failure_and_can_be_retried(
     assert again.state == W.RUN_STATE_SUCCEEDED, again
     assert _steps(again)["charge"].task_ids != steps["charge"].task_ids
     assert _steps(again)["after"].state == W.STEP_STATE_SUCCEEDED
+
+
+async def test_a_task_that_task_service_refuses_fails_only_its_own_run(workflows) -> None:
+    """Runs started together advance together; a step whose task is refused (its payload
+    over the task agent's limit) fails its run, with the reason, and no other run."""
+    await register(
+        workflows,
+        {"name": "copy", "steps": [{"name": "c", "type": "echo", "input": {"$ref": "input.data"}}]},
+    )
+    runs = await asyncio.gather(
+        start(workflows, "copy", {"data": "x" * (2 * 1024 * 1024)}),
+        *(start(workflows, "copy", {"data": n}) for n in range(5)),
+    )
+
+    refused, *fine = [await until_ended(workflows, r.run.id) for r in runs]
+    assert refused.state == W.RUN_STATE_FAILED
+    assert "over the limit" in _steps(refused)["c"].error
+    assert [json.loads(run.output)["c"] for run in fine] == list(range(5))
 
 
 async def test_a_run_is_cancelled_with_its_running_tasks(workflows) -> None:

@@ -51,6 +51,11 @@ class TaskServiceStub:
                 request_serializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTaskRequest.SerializeToString,
                 response_deserializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTaskResponse.FromString,
                 _registered_method=True)
+        self.GetTasks = channel.unary_unary(
+                '/agentry.tasks.v1.TaskService/GetTasks',
+                request_serializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTasksRequest.SerializeToString,
+                response_deserializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTasksResponse.FromString,
+                _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/agentry.tasks.v1.TaskService/ListTasks',
                 request_serializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksRequest.SerializeToString,
@@ -113,6 +118,13 @@ class TaskServiceServicer:
 
     def GetTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTasks(self, request, context):
+        """Several tasks in one call (at most 1,000 ids); ids that name no task are left out.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -184,6 +196,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.GetTask,
                     request_deserializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTaskRequest.FromString,
                     response_serializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'GetTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTasks,
+                    request_deserializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTasksRequest.FromString,
+                    response_serializer=agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTasksResponse.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
@@ -309,6 +326,33 @@ class TaskService:
             '/agentry.tasks.v1.TaskService/GetTask',
             agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTaskRequest.SerializeToString,
             agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentry.tasks.v1.TaskService/GetTasks',
+            agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTasksRequest.SerializeToString,
+            agentry_dot_tasks_dot_v1_dot_tasks__pb2.GetTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

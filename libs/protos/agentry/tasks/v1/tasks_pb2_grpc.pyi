@@ -39,6 +39,8 @@ class TaskServiceStub:
     SubmitTasks: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.SubmitTasksRequest, _tasks_pb2.SubmitTasksResponse]
     """A batch is validated whole: one bad spec rejects the call, nothing is stored."""
     GetTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.GetTaskResponse]
+    GetTasks: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTasksRequest, _tasks_pb2.GetTasksResponse]
+    """Several tasks in one call (at most 1,000 ids); ids that name no task are left out."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]
     CancelTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CancelTaskRequest, _tasks_pb2.CancelTaskResponse]
     WatchTask: _grpc.UnaryStreamMultiCallable[_tasks_pb2.WatchTaskRequest, _tasks_pb2.WatchTaskResponse]
@@ -61,6 +63,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
     SubmitTasks: _aio.UnaryUnaryMultiCallable[_tasks_pb2.SubmitTasksRequest, _tasks_pb2.SubmitTasksResponse]  # type: ignore[assignment]
     """A batch is validated whole: one bad spec rejects the call, nothing is stored."""
     GetTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.GetTaskResponse]  # type: ignore[assignment]
+    GetTasks: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTasksRequest, _tasks_pb2.GetTasksResponse]  # type: ignore[assignment]
+    """Several tasks in one call (at most 1,000 ids); ids that name no task are left out."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]  # type: ignore[assignment]
     CancelTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CancelTaskRequest, _tasks_pb2.CancelTaskResponse]  # type: ignore[assignment]
     WatchTask: _aio.UnaryStreamMultiCallable[_tasks_pb2.WatchTaskRequest, _tasks_pb2.WatchTaskResponse]  # type: ignore[assignment]
@@ -98,6 +102,14 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.GetTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.GetTaskResponse, _abc.Awaitable[_tasks_pb2.GetTaskResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTasks(
+        self,
+        request: _tasks_pb2.GetTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.GetTasksResponse, _abc.Awaitable[_tasks_pb2.GetTasksResponse]]:
+        """Several tasks in one call (at most 1,000 ids); ids that name no task are left out."""
 
     @_abc_1.abstractmethod
     def ListTasks(
