@@ -2,6 +2,7 @@
 `make run` starts it, on the bench's database and a Redis prefix of its own."""
 
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -19,9 +20,16 @@ SERVICE = "task_agent"
 
 
 class AgentProcess:
-    def __init__(self, database_url: str, redis_url: str, log_dir: Path, secure: bool) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        redis_url: str,
+        log_dir: Path,
+        secure: bool,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         """`secure` False turns off mTLS, agent tokens and encryption at rest, to measure
-        what they cost."""
+        what they cost; `env` adds to the agent's environment."""
         self.secure = secure
         self._secrets = secrets.ensure(ROOT / ".cache/bench/secrets")
         self.prefix = f"bench-{uuid.uuid4().hex[:10]}"
@@ -42,6 +50,7 @@ class AgentProcess:
                 "AGENTRY_MIGRATE_ON_START": "false",
                 "AGENTRY_HANDLER_MODULES": '["services.task_agent.builtins", "bench.handlers"]',
                 **({} if secure else {"AGENTRY_ENCRYPTION_DISABLED": "true"}),
+                **(env or {}),
             },
             log_dir=log_dir,
         )

@@ -32,6 +32,10 @@ class DevSettings(BaseSettings):
     task_agent_port: int = 50051
     orchestrator_port: int = 50052
     analysis_port: int = 50053
+    # Prometheus /metrics of the gRPC services (Kubernetes serves them on 9464).
+    task_agent_metrics_port: int = 9464
+    orchestrator_metrics_port: int = 9465
+    analysis_metrics_port: int = 9466
     token_ttl_s: float = 12 * 3600
     jwt_audience: str = "agentry-gateway"
 
@@ -94,6 +98,9 @@ def main() -> None:
             settings.orchestrator_port,
             settings.analysis_port,
             settings.gateway_port,
+            settings.task_agent_metrics_port,
+            settings.orchestrator_metrics_port,
+            settings.analysis_metrics_port,
         )
         stack = Stack(
             database_url,
@@ -127,10 +134,19 @@ def _banner(stack: Stack, ports: Ports, redis_url: str, database_url: str, token
     lines = [
         "",
         "Agentry is running.",
+        f"  dashboard           {stack.gateway_url}/   (sign in with the token below)",
         f"  gateway (REST)      {stack.gateway_url}   (API docs: {stack.gateway_url}/docs)",
         f"  task agent (gRPC)   127.0.0.1:{ports.task_agent}",
         f"  orchestrator (gRPC) 127.0.0.1:{ports.orchestrator}",
         f"  analysis (gRPC)     127.0.0.1:{ports.analysis}",
+        *(
+            f"  {'metrics' if first else '':<20}{stack.metrics_url(service)}   ({service})"
+            for first, service in zip(
+                (True, False, False, False),
+                ("task_agent", "orchestrator", "analysis", "gateway"),
+                strict=True,
+            )
+        ),
         f"  redis               {redis_url}",
         f"  postgres            {database_url}",
         f"  dev CA, certificates and keys in {stack.secrets.root} (mTLS, tokens, data keys)",

@@ -21,6 +21,7 @@ from libs.common.grpc_errors import abort_for, status_for
 from libs.common.identity import common_name
 from libs.common.rbac import Policy
 from libs.common.tokens import Principal, verify, verify_agent_token
+from libs.common.tracing import trace_id as current_trace_id
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +43,6 @@ AUDITED = frozenset(
         "/agentry.workflows.v1.WebhookSubscriptionService/CreateSubscription",
         "/agentry.workflows.v1.WebhookSubscriptionService/DeleteSubscription",
         "/agentry.analysis.v1.AnalysisService/AnalyzeCanary",
-        "/agentry.analysis.v1.AnalysisService/RunAnalysis",
     }
 )
 # Bounds on the verification caches: past this many entries they start again empty.
@@ -176,16 +176,22 @@ def _resource(request: Any, response: Any) -> str:
     return ""
 
 
+def _bind_ids(request: Any) -> None:
+    """The task or run a call names goes on the call's log lines (each call is served in a
+    task of its own, so the binding ends with it)."""
+    ids = {}
+    for field in ("task_id", "run_id"):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value:
+            ids[field] = value
+    if ids:
+        structlog.contextvars.bind_contextvars(**ids)
+
+
 def _peer(context: grpc.aio.ServicerContext) -> Caller:
     """A caller not (yet) authenticated, named by its certificate if it showed one."""
     names = context.auth_context().get("x509_common_name") or [b"unknown"]
     return Caller(names[0].decode(errors="replace"), "")
-
-
-def _trace_id(metadata: dict[str, str]) -> str:
-    """The W3C trace id of the call, when its caller sent one."""
-    parts = metadata.get("traceparent", "").split("-")
-    return parts[1] if len(parts) == 4 else ""
 
 
 class CallGuard(grpc.aio.ServerInterceptor):
@@ -248,7 +254,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Any:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             metadata = {key: value for key, value in context.invocation_metadata() or ()}
-            trace_id, caller = _trace_id(metadata), None
+            _bind_ids(request)
+            trace_id, caller = current_trace_id(), None
             try:
                 caller = self._admit(method, context, metadata)
                 _caller.set(caller)
@@ -267,7 +274,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Any:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             metadata = {key: value for key, value in context.invocation_metadata() or ()}
-            trace_id, caller = _trace_id(metadata), None
+            _bind_ids(request)
+            trace_id, caller = current_trace_id(), None
             try:
                 caller = self._admit(method, context, metadata)
                 _caller.set(caller)

@@ -1,6 +1,7 @@
 """Channels to our own services: mTLS with this agent's certificate, the server checked to
 be the service we meant (its certificate must name it), and on every call an agent token
-for that service, plus the token of the person we act for, when there is one."""
+for that service, plus the token of the person we act for, when there is one. Every call
+is traced (its context travels in the metadata) and counted."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from libs.common import metrics, tracing
 from libs.common.call_guard import USER_TOKEN_HEADER
 from libs.common.identity import AgentIdentity
 
@@ -18,12 +20,11 @@ S = TypeVar("S")
 
 @dataclass(frozen=True)
 class Relayed:
-    """What calls made for one request carry besides our own token."""
+    """What calls made for one request carry besides our own token (its trace context
+    travels through OpenTelemetry's interceptors)."""
 
     # The token of the person the request acts for: the callee authorises that person.
     user_token: str | None = None
-    # W3C trace context of the request, so every service's audit rows name its trace.
-    traceparent: str | None = None
 
 
 _relayed: ContextVar[Relayed | None] = ContextVar("agentry_relayed", default=None)
@@ -49,8 +50,6 @@ class _Credentials:
         user_token = self._user_token or relayed.user_token
         if user_token:
             metadata.add(USER_TOKEN_HEADER, user_token)
-        if relayed.traceparent:
-            metadata.add("traceparent", relayed.traceparent)
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
@@ -77,20 +76,34 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
         return await continuation(self._credentials.details(details), request)
 
 
+def _balancing(address: str) -> list[tuple[str, Any]]:
+    """Calls spread over every address a `dns:///<headless service>:<port>` target (or an
+    `ipv4:a,b` list) resolves to, so each replica gets its share (a ClusterIP would pin one
+    HTTP/2 connection to one pod). Round robin reconnects in the background with backoff and
+    fails calls fast meanwhile, so the backoff is capped: a restarted replica is back within
+    a second. A plain host:port keeps gRPC's pick_first, which reconnects on the next call."""
+    if not address.startswith(("dns:", "ipv4:", "ipv6:")):
+        return []
+    return [("grpc.lb_policy_name", "round_robin"), ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
 def open_channel(
     address: str, callee: str, identity: AgentIdentity | None, user_token: str | None = None
 ) -> grpc.aio.Channel:
     """A channel to the service whose certificate names `callee` (plaintext only when
     security was turned off, `identity` None). Its calls act for the person of `user_token`,
     or for the one the current request relays."""
+    observed = [*tracing.client_interceptors(), *metrics.client_interceptors()]
     if identity is None:
-        return grpc.aio.insecure_channel(address)
+        return grpc.aio.insecure_channel(
+            address, options=_balancing(address), interceptors=observed
+        )
     credentials = _Credentials(identity, callee, user_token)
     return grpc.aio.secure_channel(
         address,
         identity.channel_credentials(),
-        options=[("grpc.ssl_target_name_override", callee)],
-        interceptors=[_UnaryUnary(credentials), _UnaryStream(credentials)],
+        options=[*_balancing(address), ("grpc.ssl_target_name_override", callee)],
+        interceptors=[*observed, _UnaryUnary(credentials), _UnaryStream(credentials)],
     )
 
 

@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 
 from agentry.events.v1 import events_pb2
 from libs.common.redis_client import Keys, create_group
+from libs.common.tracing import carrier
 
 _FIELD = b"e"
 
@@ -27,10 +28,12 @@ def make_event(type_: str, subject: str, data: Any, source: str) -> events_pb2.E
 
 def make_events(items: Sequence[tuple[str, str, Any]], source: str) -> list[events_pb2.Event]:
     """Events of one change set: one clock reading, and ids that share a random prefix
-    (unique all the same), which keeps a busy agent's per-event cost low."""
+    (unique all the same), which keeps a busy agent's per-event cost low. Each carries the
+    current trace context: whoever consumes it continues the trace."""
     now = Timestamp()
     now.GetCurrentTime()
     prefix = uuid.uuid4().hex
+    trace_context = carrier()
     return [
         events_pb2.Event(
             id=f"{prefix}-{index}",
@@ -39,6 +42,7 @@ def make_events(items: Sequence[tuple[str, str, Any]], source: str) -> list[even
             time=now,
             data=json.dumps(data, separators=(",", ":")).encode(),
             source=source,
+            trace_context=trace_context,
         )
         for index, (type_, subject, data) in enumerate(items)
     ]
@@ -158,8 +162,27 @@ class EventConsumer:
         self._min_idle_ms = min_idle_ms
         self._claim_cursor = b"0-0"
 
+    @property
+    def group(self) -> str:
+        return self._group
+
     async def ensure_group(self) -> None:
         await create_group(self._redis, self._stream, self._group)
+
+    async def standing(self) -> tuple[int, int] | None:
+        """(entries not yet delivered to the group, entries delivered and not acknowledged);
+        None while the group does not exist, or Redis cannot tell the lag (entries were
+        trimmed past what the group read)."""
+        try:
+            groups: Any = await self._redis.xinfo_groups(self._stream)
+        except ResponseError:
+            return None
+        for group in groups:
+            name = group["name"]
+            if (name.decode() if isinstance(name, bytes) else name) == self._group:
+                lag = group.get("lag")
+                return None if lag is None else (int(lag), int(group["pending"]))
+        return None
 
     async def read(self) -> list[Delivery]:
         """The next batch: first what others left pending too long, then new messages."""

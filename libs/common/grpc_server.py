@@ -1,5 +1,5 @@
 """The gRPC server every service runs: grpc.aio, mTLS, the standard health service,
-reflection, the call guard, and a drain on SIGTERM."""
+reflection, tracing, metrics, the call guard, and a drain on SIGTERM."""
 
 import asyncio
 import signal
@@ -11,6 +11,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from libs.common import tracing
+from libs.common.metrics import ServerMetrics
 from libs.common.settings import GrpcServerSettings
 
 log = structlog.get_logger(__name__)
@@ -39,7 +41,11 @@ class GrpcServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self._server = grpc.aio.server(interceptors=[guard], options=options)
+        # Outermost first: the call's span is current while it is counted and guarded (its
+        # audit row names the trace), and refusals are counted with their codes.
+        self._server = grpc.aio.server(
+            interceptors=[tracing.server_interceptor(), ServerMetrics(), guard], options=options
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for add, servicer, _ in services:
@@ -49,6 +55,13 @@ class GrpcServer:
             [*self._service_names, health_name, reflection.SERVICE_NAME], self._server
         )
         self.port = 0
+        # Kubernetes' grpc probes speak plaintext, and the main port takes no call without a
+        # client certificate: the same health status answers them on a port of its own.
+        self._probe_server: grpc.aio.Server | None = None
+        if settings.health_port is not None:
+            self._probe_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._probe_server)
+        self.health_port = 0
 
     async def start(self) -> int:
         address = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
@@ -59,6 +72,12 @@ class GrpcServer:
         await self.set_serving(False)
         await self._server.start()
         log.info("grpc server started", address=f"{self._settings.grpc_host}:{self.port}")
+        if self._probe_server is not None:
+            self.health_port = self._probe_server.add_insecure_port(
+                f"{self._settings.grpc_host}:{self._settings.health_port}"
+            )
+            await self._probe_server.start()
+            log.info("health probe port open", port=self.health_port)
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
@@ -74,6 +93,8 @@ class GrpcServer:
         """Refuses new calls and gives in-flight ones the grace period."""
         await self.set_serving(False)
         await self._server.stop(self._settings.shutdown_grace_s)
+        if self._probe_server is not None:
+            await self._probe_server.stop(None)
         log.info("grpc server stopped")
 
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import structlog
 
 from agentry.agents.v1 import agents_pb2
+from libs.common import metrics
 from libs.common.audit import AuditLog, upgrade_audit
 from libs.common.call_guard import CallGuard
 from libs.common.db import create_engine
@@ -17,6 +18,7 @@ from libs.common.migrations import upgrade
 from libs.common.registration import RegistryReporter
 from libs.common.security import Security, load_security
 from libs.common.settings import GrpcServerSettings
+from libs.common.tracing import shutdown_tracing
 from libs.common.waiting import pause
 
 log = structlog.get_logger(__name__)
@@ -35,6 +37,7 @@ async def run_until_signalled(make_app: Callable[[], App]) -> None:
     await stop.wait()
     log.info("stopping")
     await app.stop()
+    shutdown_tracing()
 
 
 def run(make_app: Callable[[], App]) -> None:
@@ -104,7 +107,15 @@ class GrpcApp:
     async def close(self) -> None:
         """Releases what the subclass holds, after the server stopped."""
 
+    @property
+    def metrics_on(self) -> bool:
+        """Whether anyone can read metrics: gauges that cost a Redis read are kept only then."""
+        return self.settings.metrics_port is not None
+
     async def start(self) -> None:
+        metrics.describe_service(self.role, self.settings.version, self.security.identity)
+        if self.settings.metrics_port is not None:
+            metrics.serve_metrics(self.settings.metrics_port, self.settings.grpc_host)
         if self.settings.migrate_on_start:
             await asyncio.to_thread(upgrade_audit, self.settings.database_url)
             if self._migrations is not None:

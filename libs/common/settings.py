@@ -50,6 +50,14 @@ class ServiceSettings(BaseSettings):
     jwt_public_key_file: Path | None = None
     jwt_audience: str = "agentry-gateway"
     rbac_policy_file: Path = DEFAULT_POLICY
+    # Traces are exported (OTLP/gRPC) to this collector when set; otherwise none leave the
+    # process. The standard variable, as every OpenTelemetry SDK reads it.
+    otlp_endpoint: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "AGENTRY_OTLP_ENDPOINT", "otlp_endpoint"
+        ),
+    )
 
 
 class GrpcServerSettings(ServiceSettings):
@@ -60,3 +68,8 @@ class GrpcServerSettings(ServiceSettings):
     max_message_bytes: int = 4 * 1024 * 1024
     # The orchestrator's AgentRegistryService; empty: this agent does not register.
     registry_address: str = ""
+    # Prometheus /metrics on this port (Kubernetes: 9464); None: no metrics server.
+    metrics_port: int | None = None
+    # A plaintext port that answers the gRPC health service alone, for probes that present
+    # no client certificate (Kubernetes' `grpc:` probes); None: no such port.
+    health_port: int | None = None

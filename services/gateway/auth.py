@@ -3,7 +3,6 @@ and the RBAC policy (libs/common/rbac.toml) decides each route. A refusal is aud
 caller's token is relayed with every call the request makes, so the services authorise
 the person too. Each principal's requests are rate-limited, across replicas."""
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,19 +12,12 @@ from libs.common.audit import AuditEntry
 from libs.common.channels import Relayed, relay
 from libs.common.errors import PermissionDenied, Unauthenticated
 from libs.common.tokens import Principal, verify
+from libs.common.tracing import trace_id
 from services.gateway.rate_limit import PrincipalRateLimit
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT with a role: viewer, operator or admin.")
 
 ANONYMOUS_ADMIN = Principal(subject="anonymous", role="admin")
-
-
-def traceparent_of(request: Request) -> str:
-    """The request's W3C trace context, or a new one."""
-    incoming = request.headers.get("traceparent", "")
-    if len(incoming.split("-")) == 4:
-        return incoming
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
 async def _count(request: Request, principal: Principal) -> None:
@@ -41,10 +33,8 @@ async def authorize(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     auth = request.app.state.auth
-    traceparent = traceparent_of(request)
     if auth.disabled:
         await _count(request, ANONYMOUS_ADMIN)
-        relay(Relayed(traceparent=traceparent))
         return ANONYMOUS_ADMIN
     route = request.scope["route"].path
     action = f"{request.method} {route}"
@@ -67,12 +57,12 @@ async def authorize(
                 outcome="UNAUTHENTICATED"
                 if isinstance(exc, Unauthenticated)
                 else "PERMISSION_DENIED",
-                trace_id=traceparent.split("-")[1],
+                trace_id=trace_id(),
                 via="gateway",
             )
         )
         raise
-    relay(Relayed(user_token=credentials.credentials, traceparent=traceparent))
+    relay(Relayed(user_token=credentials.credentials))
     return principal
 
 

@@ -7,6 +7,7 @@ import uvicorn
 
 from libs.common.grpc_server import stop_on_signals
 from libs.common.logging import configure_logging
+from libs.common.tracing import configure_tracing, shutdown_tracing
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
@@ -35,11 +36,15 @@ async def serve(settings: GatewaySettings) -> None:
     await asyncio.wait([serving, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
     server.should_exit = True
     await serving
+    shutdown_tracing()
 
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging("gateway", settings.instance, settings.log_format, settings.log_level)
+    configure_logging(
+        "gateway", settings.instance, settings.log_format, settings.log_level, settings.version
+    )
+    configure_tracing("gateway", settings.instance, settings.version, settings.otlp_endpoint)
     # A gateway holding a thousand WebSockets has ~150k objects: a full collection then
     # pauses every client for 100-200 ms. What start-up made is never collected again, and
     # collections come less often (bench/events_ws.py: p99 150 ms -> 5 ms).

@@ -4,6 +4,7 @@ from the same stream delivered as webhooks) and the agent registry."""
 
 import json
 import uuid
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,14 +13,17 @@ import structlog
 from agentry.agents.v1 import agents_pb2, agents_pb2_grpc
 from agentry.events.v1 import events_pb2
 from agentry.workflows.v1 import workflows_pb2, workflows_pb2_grpc
+from libs.common import tracing
 from libs.common.crypto import keyring_from_settings
 from libs.common.db import create_engine
-from libs.common.events import EventBus, EventConsumer, event_time, events_of
+from libs.common.events import EventBus, EventConsumer, event_data, event_time, events_of
 from libs.common.lifecycle import AgentState
+from libs.common.metrics import follow_consumer
 from libs.common.redis_client import Keys, create_redis
 from libs.common.security import load_security
 from libs.common.service import GrpcApp, Loop
 from libs.common.waiting import pause
+from services.orchestrator import metrics
 from services.orchestrator.agent_checks import AgentChecks
 from services.orchestrator.agent_store import AgentStore
 from services.orchestrator.cron import cron_matches
@@ -42,6 +46,28 @@ CONSUMER_GROUP = "orchestrator"
 _ENDS = {"task.succeeded": "SUCCEEDED", "task.failed": "FAILED", "task.cancelled": "CANCELLED"}
 
 
+def _consuming(events: list[events_pb2.Event]) -> AbstractContextManager[object]:
+    """The span of handling a batch of events: it continues the trace of the first task
+    end in it (so a lone run's next steps join its trace) and links to the others' traces
+    (a batch serves many runs, and a span has one parent)."""
+    ends = [e for e in events if e.type in _ENDS] or events
+    contexts = [dict(e.trace_context) for e in ends]
+    return tracing.continued(
+        "consume events", contexts[0], contexts[1:], attributes={"agentry.events": len(events)}
+    )
+
+
+def _finish_times(events: list[events_pb2.Event]) -> list[float]:
+    """When the tasks of runs among `events` ended (Unix time, the task agent's clock)."""
+    times = []
+    for event in events:
+        if event.type in _ENDS:
+            data = event_data(event) or {}
+            if (data.get("labels") or {}).get("run") and data.get("finished_at"):
+                times.append(float(data["finished_at"]))
+    return times
+
+
 class OrchestratorApp(GrpcApp):
     role = "orchestrator"
 
@@ -57,7 +83,7 @@ class OrchestratorApp(GrpcApp):
         )
         keyring = keyring_from_settings(settings)
         store = RunStore(self._engine, keyring)
-        agent_store = AgentStore(self._engine)
+        agent_store = self._agent_store = AgentStore(self._engine)
         self.agent_checks = AgentChecks(agent_store, security.identity, timeout_s=3.0)
         self.runs = Runs(store, self.tasks, self.events)
         subscription_store = SubscriptionStore(self._engine, keyring)
@@ -110,17 +136,23 @@ class OrchestratorApp(GrpcApp):
         self._scheduled: dict[str, str] = {}
 
     def loops(self) -> dict[str, Loop]:
-        return {
+        loops: dict[str, Loop] = {
             "follow-tasks": self._follow_tasks,
             "reconcile": self._reconcile,
             "definitions": self._refresh_definitions,
             "schedules": self._fire_schedules,
             "check-agents": self._check_agents,
         }
+        if self.metrics_on:
+            loops["consumer-standing"] = lambda: follow_consumer(self._consumer, self._stop)
+        return loops
 
     async def _check_agents(self) -> None:
         while not self._stop.is_set():
             await self.agent_checks.check()
+            if self.metrics_on:
+                agents = await self._agent_store.find(None)
+                metrics.show_agents((agent.role, agent.state) for agent in agents)
             await pause(self._stop, self._orchestrator_settings.agent_check_interval_s)
 
     async def _follow_tasks(self) -> None:
@@ -132,9 +164,12 @@ class OrchestratorApp(GrpcApp):
             deliveries = await self._consumer.read()
             await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
             events = events_of(deliveries)
-            await self.runs.tasks_ended(await self._ends(events))
-            await self._trigger(events)
-            await self.webhooks.deliver(events)
+            if events:
+                with _consuming(events):
+                    await self.runs.tasks_ended(await self._ends(events))
+                    metrics.observe_step_overhead(_finish_times(events))
+                    await self._trigger(events)
+                    await self.webhooks.deliver(events)
             await self._consumer.ack(deliveries)
 
     async def _ends(self, events: list[events_pb2.Event]) -> list[tuple[uuid.UUID, TaskEnd]]:

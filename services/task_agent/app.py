@@ -12,8 +12,11 @@ from libs.common.db import create_engine
 from libs.common.events import EventBus
 from libs.common.lifecycle import AgentState
 from libs.common.redis_client import Keys, create_redis
+from libs.common.security import load_security
 from libs.common.service import GrpcApp, Loop
 from libs.common.waiting import pause
+from services.task_agent import metrics
+from services.task_agent.analysis_client import AnalysisClient
 from services.task_agent.cache import TaskCache
 from services.task_agent.changes import TaskChanges
 from services.task_agent.dead_letter_store import DeadLetterStore
@@ -34,6 +37,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # A consumer with free slots that has not read for this long is not healthy.
 STALLED_AFTER_S = 10.0
 ADVERTISE_EVERY_S = 30.0
+BACKLOG_EVERY_S = 5.0
 
 
 class TaskAgentApp(GrpcApp):
@@ -45,6 +49,12 @@ class TaskAgentApp(GrpcApp):
         self._engine = create_engine(settings.database_url)
         self._redis = create_redis(settings.redis_url)
         self._http = httpx.AsyncClient(timeout=30.0, follow_redirects=False)
+        security = load_security(settings)
+        self._analysis = (
+            AnalysisClient(settings.analysis_service_address, security.identity)
+            if settings.analysis_service_address
+            else None
+        )
         keys = Keys(settings.redis_prefix)
         self.handlers = Handlers.from_modules(settings.handler_modules)
         self.store = TaskStore(self._engine, self.keyring)
@@ -72,11 +82,13 @@ class TaskAgentApp(GrpcApp):
                 secrets=settings.webhook_secrets,
                 allow_private_networks=settings.http_allow_private_networks,
                 keyring=self.keyring,
+                analysis=self._analysis,
             ),
             ConcurrencySlots(self._redis, keys),
             settings.concurrency,
             settings.lease_s,
         )
+        metrics.watch_slots(lambda: self.worker.in_hand, settings.concurrency)
         self.tasks = Tasks(
             self.store,
             DeadLetterStore(self._engine, self.keyring),
@@ -96,6 +108,7 @@ class TaskAgentApp(GrpcApp):
                 )
             ],
             MIGRATIONS,
+            security,
         )
         self.reconciler = Reconciler(
             self.store,
@@ -108,13 +121,24 @@ class TaskAgentApp(GrpcApp):
         self._renewal: asyncio.Task[None] | None = None
 
     def loops(self) -> dict[str, Loop]:
-        return {
+        loops: dict[str, Loop] = {
             "worker": lambda: self.worker.run(self._stop),
             "results": lambda: self.worker.write_results(self._stop),
             "promoter": lambda: self.reconciler.promote_delayed(self._stop),
             "reconciler": lambda: self.reconciler.run(self._stop),
             "watch": self._watch,
         }
+        if self.metrics_on:
+            loops["backlog"] = self._measure_backlog
+        return loops
+
+    async def _measure_backlog(self) -> None:
+        """The queues' depth and oldest age, read from Redis every few seconds (a scrape
+        does not wait on Redis). Every agent serving a queue reports the same figures."""
+        queues = self.handlers.queues
+        while not self._stop.is_set():
+            metrics.show_backlog(await self.dispatcher.backlog(queues))
+            await pause(self._stop, BACKLOG_EVERY_S)
 
     def task_types(self) -> list[str]:
         return [t.name for t in self.handlers.types]
@@ -150,5 +174,7 @@ class TaskAgentApp(GrpcApp):
 
     async def close(self) -> None:
         await self._http.aclose()
+        if self._analysis is not None:
+            await self._analysis.close()
         await self._redis.aclose()
         await self._engine.dispose()

@@ -113,6 +113,53 @@ class Dispatcher:
                 earliest = first[0][1]
         return None if earliest is None else max(0.0, earliest - time.time())
 
+    async def backlog(self, queues: Sequence[str]) -> list[tuple[str, int, float]]:
+        """(queue, tasks waiting, seconds the oldest has waited) per queue: the entries of
+        its streams not yet delivered to the group (its lag; the first one's id says when it
+        was added) and the delayed tasks already due. Two round trips for all the queues."""
+        now = time.time()
+        streams = {self._stream(q, p): q for q in queues for p in Priority}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xinfo_groups(stream)
+                pipe.xlen(stream)
+            for queue in queues:
+                pipe.zcount(self._delayed(queue), "-inf", now)
+                pipe.zrangebyscore(self._delayed(queue), "-inf", now, 0, 1, withscores=True)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        waiting: dict[str, int] = dict.fromkeys(queues, 0)
+        oldest: dict[str, float] = dict.fromkeys(queues, now)
+        undelivered: dict[str, bytes] = {}
+        for index, stream in enumerate(streams):
+            groups, length = replies[2 * index], replies[2 * index + 1]
+            if isinstance(groups, Exception):
+                continue  # no such stream yet
+            mine = [g for g in groups if g["name"] in (GROUP, GROUP.encode())]
+            if not mine:
+                continue
+            # Delivered messages are deleted once acknowledged: the length less the pending
+            # ones is the lag too, when Redis cannot tell it.
+            lag = mine[0]["lag"]
+            lag = length - mine[0]["pending"] if lag is None else lag
+            if lag > 0:
+                waiting[streams[stream]] += lag
+                undelivered[stream] = mine[0]["last-delivered-id"]
+        for index, queue in enumerate(queues):
+            due, first = replies[2 * len(streams) + 2 * index : 2 * len(streams) + 2 * index + 2]
+            waiting[queue] += due
+            if first:
+                oldest[queue] = min(oldest[queue], first[0][1])
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, last_id in undelivered.items():
+                pipe.xrange(stream, min=b"(" + _as_bytes(last_id), count=1)
+            firsts: list[Any] = await pipe.execute()
+        for stream, first in zip(undelivered, firsts, strict=True):
+            if first:
+                added_at = int(first[0][0].split(b"-")[0]) / 1000
+                queue = streams[stream]
+                oldest[queue] = min(oldest[queue], added_at)
+        return [(q, waiting[q], max(0.0, now - oldest[q]) if waiting[q] else 0.0) for q in queues]
+
     async def ensure_groups(self, queues: Sequence[str]) -> None:
         await self._create_groups(self._streams(queues))
 
@@ -182,6 +229,10 @@ class Dispatcher:
                 pipe.xack(stream, GROUP, *ids)
                 pipe.xdel(stream, *ids)
             await pipe.execute()
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _task_id(fields: dict[bytes, bytes]) -> uuid.UUID | None:

@@ -78,6 +78,8 @@ class NewTask:
     concurrency_key: str | None = None
     parent_id: uuid.UUID | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # W3C headers of the submission's trace: each execution is a span of it.
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class Task:
     agent: str | None = None
     # Grows with every change: of two copies of a task, the higher version is the newer.
     version: int = 0
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ _INSERT_COLUMNS = {
     "concurrency_key": "text", "idempotency_key": "text", "labels": "jsonb", "run_at": "timestamptz",
     "dispatched_at": "timestamptz", "progress": "float8", "cancel_requested": "bool",
     "created_at": "timestamptz", "updated_at": "timestamptz", "agent": "text",
-    "lease_expires_at": "timestamptz", "started_at": "timestamptz",
+    "lease_expires_at": "timestamptz", "started_at": "timestamptz", "trace_context": "jsonb",
 }  # fmt: skip
 # Byte strings go in binary (%b): in text, psycopg escapes every element of a bytea array
 # in Python, which costs more than sealing it.
@@ -110,6 +110,7 @@ class TaskStore:
         rows = [insert_values(new, now, self._keyring, holders[new.id]) for new in batch]
         columns = {name: [row[name] for row in rows] for name in _INSERT_COLUMNS}
         columns["labels"] = [json.dumps(labels) for labels in columns["labels"]]
+        columns["trace_context"] = [json.dumps(c) for c in columns["trace_context"]]
         created = {row.id for row in await self._fetch(_INSERT, columns)}
         missing = [n.idempotency_key for n in batch if n.id not in created and n.idempotency_key]
         existing = {}

@@ -63,8 +63,13 @@ def _retry(asked: RetryPolicy | None, default: RetryPolicy) -> RetryPolicy:
 
 
 def validate(
-    sub: Submission, types: dict[str, TaskType], max_payload_bytes: int, now: datetime
+    sub: Submission,
+    types: dict[str, TaskType],
+    max_payload_bytes: int,
+    now: datetime,
+    trace_context: dict[str, str] | None = None,
 ) -> NewTask:
+    """`trace_context`: the submission's, which the task's executions continue."""
     if not sub.type:
         raise InvalidArgument("type is required")
     task_type = types.get(sub.type)
@@ -115,4 +120,5 @@ def validate(
         fallback_type=fallback,
         concurrency_key=sub.concurrency_key or None,
         labels=dict(sub.labels),
+        trace_context=trace_context or {},
     )

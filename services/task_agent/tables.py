@@ -51,6 +51,7 @@ tasks = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     # Bumped by a trigger on every update.
     sa.Column("version", sa.BigInteger),
+    sa.Column("trace_context", pg.JSONB),
 )
 
 dead_letters = sa.Table(
@@ -130,6 +131,7 @@ def row_to_task(row: Any, keyring: Keyring) -> Task:
         progress=row.progress,
         agent=row.agent,
         version=row.version,
+        trace_context=row.trace_context or {},
     )
 
 
@@ -159,6 +161,7 @@ def insert_values(
         "concurrency_key": new.concurrency_key,
         "idempotency_key": new.idempotency_key,
         "labels": new.labels,
+        "trace_context": new.trace_context,
         "run_at": new.run_at,
         # Due work goes on its stream now, later work into the delayed set: either way the
         # reconciler looks again only if it is still pending well after this time.
@@ -194,4 +197,5 @@ def stored_task(new: NewTask, now: datetime, holder: Holder | None = None) -> Ta
         parent_id=new.parent_id,
         labels=dict(new.labels),
         version=1,
+        trace_context=new.trace_context,
     )

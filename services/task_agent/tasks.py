@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from libs.common.tracing import carrier
 from services.task_agent.changes import TaskChanges
 from services.task_agent.dead_letter_store import DeadLetterStore
 from services.task_agent.dispatch import Dispatcher
@@ -93,10 +94,11 @@ class Tasks:
             raise InvalidArgument(f"at most {MAX_BATCH} tasks per batch, got {len(batch)}")
         now = datetime.now(UTC)
         types = await self._catalog.known()
+        trace_context = carrier()
         new = []
         for index, sub in enumerate(batch):
             try:
-                new.append(validate(sub, types, self._max_payload_bytes, now))
+                new.append(validate(sub, types, self._max_payload_bytes, now, trace_context))
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     f"tasks[{index}]: {exc}" if len(batch) > 1 else str(exc)
@@ -237,6 +239,7 @@ class Tasks:
             concurrency_key=old.concurrency_key,
             parent_id=old.id,
             labels=old.labels,
+            trace_context=carrier(),
         )
         task = await self._dead_letters.redrive(letter.id, new, now)
         if task is None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from libs.common import tracing
 from libs.common.waiting import first_of
 from services.task_agent.changes import TaskChanges
 from services.task_agent.dispatch import Dispatcher
@@ -164,7 +165,7 @@ class Worker:
         for task in claimed:
             entry = _Running(task)
             self._running[task.id] = entry
-            entry.job = asyncio.create_task(self._execute(entry))
+            entry.job = asyncio.create_task(self._traced(entry))
 
     def _limited(self, task: Task) -> bool:
         handler = self._handlers.get(task.type)
@@ -265,6 +266,19 @@ class Worker:
         if entry.slot_key is not None:
             await self._slots.release(entry.slot_key, entry.task.id.hex)
             entry.slot_key = None
+
+    async def _traced(self, entry: _Running) -> None:
+        """The execution as a span of the submission's trace; its log lines name the task."""
+        task = entry.task
+        attributes: dict[str, str | int] = {
+            "agentry.task.id": str(task.id),
+            "agentry.task.attempt": task.attempts,
+        }
+        with (
+            tracing.continued(f"execute {task.type}", task.trace_context, attributes=attributes),
+            structlog.contextvars.bound_contextvars(task_id=str(task.id), task_type=task.type),
+        ):
+            await self._execute(entry)
 
     async def _execute(self, entry: _Running) -> None:
         task = entry.task
@@ -432,7 +446,7 @@ class Worker:
         if ended is None:
             return
         failed, fallback_task = ended
-        await self._changes.announce([failed])
+        await self._changes.announce([failed], dead_lettered=fallback_task is None)
         if fallback_task is not None:
             await self._dispatcher.send([fallback_task])
             await self._changes.events.publish(
@@ -445,6 +459,7 @@ class Worker:
                 },
             )
         else:
+            log.warning("task dead-lettered", reason=reason.value, error=message)
             await self._changes.events.publish(
                 "task.dead_lettered",
                 f"task/{task.id}",
@@ -474,4 +489,5 @@ class Worker:
             run_at=datetime.now(UTC),
             parent_id=task.id,
             labels=task.labels,
+            trace_context=task.trace_context,
         )

@@ -3,6 +3,7 @@ own, with authentication on: tests talk to the gateway as the website does."""
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +38,12 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
     drop_database(server_urls[0], url)
 
 
-@pytest.fixture(scope="package")
-def platform(
-    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def running_platform(
+    database_url: str, redis_url: str, log_dir: Path, **env: str
 ) -> Iterator[Platform]:
-    log_dir = tmp_path_factory.mktemp("logs")
+    """The four services on free ports and a Redis prefix of their own (`env` added to
+    theirs), stopped cleanly at the end."""
     stack = Stack(
         database_url,
         redis_url,
@@ -57,6 +59,7 @@ def platform(
             "AGENTRY_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
             "AGENTRY_WEBHOOK_INITIAL_BACKOFF_S": "0.05",
             "AGENTRY_WEBHOOK_MAX_BACKOFF_S": "0.2",
+            **env,
         },
         log_dir=log_dir,
     )
@@ -67,3 +70,11 @@ def platform(
     finally:
         codes = stack.stop()
     assert codes == {name: 0 for name in codes}, f"unclean exits {codes}; logs in {log_dir}"
+
+
+@pytest.fixture(scope="package")
+def platform(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    with running_platform(database_url, redis_url, tmp_path_factory.mktemp("logs")) as running:
+        yield running

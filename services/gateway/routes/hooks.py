@@ -14,12 +14,11 @@ from redis.exceptions import RedisError
 
 from agentry.workflows.v1 import workflows_pb2
 from libs.common.audit import AuditEntry
-from libs.common.channels import Relayed, relay
 from libs.common.errors import AgentryError, Unavailable
 from libs.common.events import EventBus
 from libs.common.grpc_errors import status_for
 from libs.common.redis_client import Keys
-from services.gateway.auth import traceparent_of
+from libs.common.tracing import trace_id
 from services.gateway.clients import Services
 from services.gateway.inbound_hooks import (
     SIGNATURE_HEADER,
@@ -106,11 +105,8 @@ def make_router(settings: GatewaySettings) -> APIRouter:
         """Starts the hook's workflow with the body as input, or publishes the body as the
         hook's event. Signed like Agentry's own outbound webhooks (`webhook.deliver`)."""
         hook = find(hooks, name)
-        traceparent = traceparent_of(request)
-        # No person behind a hook: its calls carry the gateway's own token only.
-        relay(Relayed(traceparent=traceparent))
         await _count(request, hook)
-        audit = _Audit(request, hook, traceparent.split("-")[1])
+        audit = _Audit(request, hook, trace_id())
         raw = await request.body()
         now = time.time()
         replays = ReplayGuard(
