@@ -6,6 +6,7 @@
     agentry workflows apply|get        workflow definitions, from YAML files
     agentry runs start|get|watch       workflow runs
     agentry report                     the analysis service's reports
+    agentry insights                   anomalies and failure patterns it noticed
     agentry audit verify               the gateway checks the audit chain (admin token)
     agentry keys new|use|rotate        data keys (`agentry keys --help` on rotating)
 
@@ -16,7 +17,7 @@ import argparse
 import os
 import sys
 
-from cli.commands import audit, keys, report, runs, tasks, token, workflows
+from cli.commands import audit, insights, keys, report, runs, tasks, token, workflows
 from cli.gateway import CliError
 from cli.settings import CliSettings
 
@@ -38,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="AGENTRY_URL (default http://127.0.0.1:8080) and AGENTRY_TOKEN reach the gateway.",
     )
     commands = top.add_subparsers(metavar="COMMAND", required=True)
-    for area in (token, tasks, workflows, runs, report, audit, keys):
+    for area in (token, tasks, workflows, runs, report, insights, audit, keys):
         area.register(commands)
     return top
 

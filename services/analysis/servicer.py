@@ -1,5 +1,4 @@
-"""AnalysisService over gRPC: protobuf in, domain call, protobuf out. The RPCs not built yet
-are the generated base's, which answer UNIMPLEMENTED."""
+"""AnalysisService over gRPC: protobuf in, domain call, protobuf out."""
 
 import json
 from datetime import UTC, datetime
@@ -8,7 +7,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentry.analysis.v1 import analysis_pb2, analysis_pb2_grpc
+from services.analysis.analyses import Analyses
 from services.analysis.canary import Canaries, CanaryAnalysis
+from services.analysis.insights import Insight, Insights
 from services.analysis.reports import ErrorSignature, ReportRow, Reports
 
 
@@ -58,10 +59,29 @@ def _analysis(a: CanaryAnalysis) -> analysis_pb2.CanaryAnalysis:
     )
 
 
+def _insight(i: Insight) -> analysis_pb2.Insight:
+    return analysis_pb2.Insight(
+        id=i.id,
+        kind=i.kind,
+        severity=i.severity,
+        subject=i.subject,
+        window_start=_timestamp(i.window_start),
+        window_end=_timestamp(i.window_end),
+        evidence=json.dumps(i.evidence).encode(),
+        created_at=_timestamp(i.created_at),
+        state=i.state,
+        resolved_at=_timestamp(i.resolved_at) if i.resolved_at else None,
+    )
+
+
 class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
-    def __init__(self, reports: Reports, canaries: Canaries) -> None:
+    def __init__(
+        self, reports: Reports, canaries: Canaries, analyses: Analyses, insights: Insights
+    ) -> None:
         self._reports = reports
         self._canaries = canaries
+        self._analyses = analyses
+        self._insights = insights
 
     async def GetReport(
         self, request: analysis_pb2.GetReportRequest, context: grpc.aio.ServicerContext
@@ -71,6 +91,21 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             start=_timestamp(report.start),
             end=_timestamp(report.end),
             rows=[_row(r) for r in report.rows],
+        )
+
+    async def ListInsights(
+        self, request: analysis_pb2.ListInsightsRequest, context: grpc.aio.ServicerContext
+    ) -> analysis_pb2.ListInsightsResponse:
+        page = await self._insights.list(
+            request.page_size,
+            request.page_token,
+            request.subject,
+            request.state,
+            request.window_s,
+            datetime.now(UTC),
+        )
+        return analysis_pb2.ListInsightsResponse(
+            insights=[_insight(i) for i in page.insights], next_page_token=page.next_page_token
         )
 
     async def AnalyzeCanary(
@@ -86,3 +121,9 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     ) -> analysis_pb2.GetCanaryAnalysisResponse:
         analysis = await self._canaries.get(request.id)
         return analysis_pb2.GetCanaryAnalysisResponse(analysis=_analysis(analysis))
+
+    async def RunAnalysis(
+        self, request: analysis_pb2.RunAnalysisRequest, context: grpc.aio.ServicerContext
+    ) -> analysis_pb2.RunAnalysisResponse:
+        output = await self._analyses.run(request.kind, request.input)
+        return analysis_pb2.RunAnalysisResponse(output=output)

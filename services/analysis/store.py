@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.analysis.canary import CanaryAnalysis, Verdict
-from services.analysis.history import Fold, minute_of
+from services.analysis.history import Fold, Rollup, minute_of
 from services.analysis.reports import ErrorSignature, GroupTotals
 
 metadata = sa.MetaData(schema="analysis")
@@ -49,6 +49,29 @@ error_rollups = sa.Table(
     sa.Column("example", sa.Text, nullable=False),
 )
 
+queue_lag_rollups = sa.Table(
+    "queue_lag_rollups",
+    metadata,
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("type", sa.Text, primary_key=True),
+    sa.Column("queue", sa.Text, primary_key=True),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("lag_buckets", pg.ARRAY(sa.BigInteger), nullable=False),
+    # Attempts that became due in the minute (started or not).
+    sa.Column("due", sa.BigInteger, nullable=False),
+)
+
+agent_rollups = sa.Table(
+    "agent_rollups",
+    metadata,
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("type", sa.Text, primary_key=True),
+    sa.Column("agent", sa.Text, primary_key=True),
+    sa.Column("outcome", sa.Text, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
 canary_analyses = sa.Table(
     "canary_analyses",
     metadata,
@@ -73,12 +96,14 @@ applied_messages = sa.Table(
 # Far longer than an entry can stay pending before another consumer claims it.
 APPLIED_KEPT = timedelta(days=1)
 
-# Histograms add element by element; Postgres has no operator for it.
-_ADD_BUCKETS = sa.text(
-    "ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0)"
-    " FROM unnest(analysis.task_rollups.duration_buckets, excluded.duration_buckets)"
-    " WITH ORDINALITY AS u(a, b, i) ORDER BY i)"
-)
+
+def _add_buckets(table: str, column: str) -> sa.TextClause:
+    """Histograms add element by element; Postgres has no operator for it."""
+    return sa.text(
+        "ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0)"
+        f" FROM unnest(analysis.{table}.{column}, excluded.{column})"
+        " WITH ORDINALITY AS u(a, b, i) ORDER BY i)"
+    )
 
 
 class HistoryStore:
@@ -107,10 +132,15 @@ class HistoryStore:
             )
             if not fresh:
                 return
-            fold = fold_of(fresh)
-            await self._add_counts(conn, fold.events)
-            await self._add_rollups(conn, fold)
-            await self._add_errors(conn, fold)
+            await self.add_fold(conn, fold_of(fresh))
+
+    @classmethod
+    async def add_fold(cls, conn: AsyncConnection, fold: Fold) -> None:
+        await cls._add_counts(conn, fold.events)
+        await cls._add_rollups(conn, fold)
+        await cls._add_errors(conn, fold)
+        await cls._add_lags(conn, fold)
+        await cls._add_agents(conn, fold)
 
     @staticmethod
     async def _add_counts(conn: AsyncConnection, counts: Counter[tuple[datetime, str]]) -> None:
@@ -145,7 +175,7 @@ class HistoryStore:
             index_elements=["minute", "type", "queue", "version", "outcome"],
             set_={
                 "count": task_rollups.c.count + upsert.excluded["count"],
-                "duration_buckets": _ADD_BUCKETS,
+                "duration_buckets": _add_buckets("task_rollups", "duration_buckets"),
             },
         )
         await conn.execute(upsert)
@@ -180,6 +210,49 @@ class HistoryStore:
                     error_rollups.c.last_seen, upsert.excluded["last_seen"]
                 ),
             },
+        )
+        await conn.execute(upsert)
+
+    @staticmethod
+    async def _add_lags(conn: AsyncConnection, fold: Fold) -> None:
+        if not fold.lags and not fold.due:
+            return
+        rows = [
+            {
+                "minute": key.minute,
+                "type": key.type,
+                "queue": key.queue,
+                "version": key.version,
+                "count": rollup.count,
+                "lag_buckets": rollup.buckets,
+                "due": fold.due[key],
+            }
+            for key in fold.lags.keys() | fold.due.keys()
+            for rollup in [fold.lags.get(key) or Rollup()]
+        ]
+        upsert = pg.insert(queue_lag_rollups).values(rows)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["minute", "type", "queue", "version"],
+            set_={
+                "count": queue_lag_rollups.c.count + upsert.excluded["count"],
+                "lag_buckets": _add_buckets("queue_lag_rollups", "lag_buckets"),
+                "due": queue_lag_rollups.c.due + upsert.excluded["due"],
+            },
+        )
+        await conn.execute(upsert)
+
+    @staticmethod
+    async def _add_agents(conn: AsyncConnection, fold: Fold) -> None:
+        if not fold.agents:
+            return
+        rows = [
+            {"minute": m, "type": t, "agent": a, "outcome": o, "count": n}
+            for (m, t, a, o), n in fold.agents.items()
+        ]
+        upsert = pg.insert(agent_rollups).values(rows)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["minute", "type", "agent", "outcome"],
+            set_={"count": agent_rollups.c.count + upsert.excluded["count"]},
         )
         await conn.execute(upsert)
 

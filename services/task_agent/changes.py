@@ -1,5 +1,6 @@
-"""Every change of a task leaves through one door: the cache gets the new state, and the
-event stream and pub/sub get the event."""
+"""Every change of a task leaves through one door: the cache gets the new state, the event
+stream and pub/sub get the event (carrying the trace of the task's submission), and the
+metrics count it."""
 
 import uuid
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ import redis.asyncio as redis
 
 from libs.common.events import EventBus, make_events
 from services.task_agent.cache import TaskCache
+from services.task_agent.metrics import count_changes
 from services.task_agent.model import Task, TaskState
 
 
@@ -24,6 +26,9 @@ def task_event_data(task: Task) -> dict[str, Any]:
         "reason": task.error_reason,
         "labels": task.labels,
         "created_at": task.created_at.timestamp(),
+        # When the current attempt became due: the analysis service's queue lag is the
+        # time from it to the start.
+        "run_at": task.run_at.timestamp(),
         "started_at": task.started_at.timestamp() if task.started_at else None,
         "finished_at": task.finished_at.timestamp() if task.finished_at else None,
     }
@@ -50,11 +55,15 @@ class TaskChanges:
         # versions.
         self.version = version
 
-    async def announce(self, changed: Sequence[Task], new: bool = False) -> None:
+    async def announce(
+        self, changed: Sequence[Task], new: bool = False, dead_lettered: bool = False
+    ) -> None:
         """Cache writes and events in one round trip. `new`: the tasks were just created, so
-        no cached copy can exist to update; the first read fills the cache."""
+        no cached copy can exist to update; the first read fills the cache. `dead_lettered`:
+        the failed tasks among them went to the dead letters."""
         if not changed:
             return
+        count_changes(changed, new, dead_lettered)
         events = make_events(
             [
                 (
@@ -66,6 +75,12 @@ class TaskChanges:
             ],
             self.events.source,
         )
+        # A task's events continue its submission's trace, wherever they are published
+        # from (a batch of results, the reconciler): its consumers join that trace.
+        for event, task in zip(events, changed, strict=True):
+            if task.trace_context:
+                event.trace_context.clear()
+                event.trace_context.update(task.trace_context)
         async with self._redis.pipeline(transaction=False) as pipe:
             if not new:
                 await self.cache.queue_put(pipe, changed)

@@ -12,6 +12,7 @@ import httpx
 import structlog
 
 from libs.common.crypto import Keyring
+from services.task_agent.analysis_client import AnalysisClient
 from services.task_agent.limits import RateLimiter
 from services.task_agent.model import RetryPolicy, TaskType
 
@@ -43,6 +44,8 @@ class Resources:
     allow_private_networks: bool = False
     # The data keys: they open the secrets the orchestrator seals for webhook deliveries.
     keyring: Keyring = field(default_factory=Keyring.disabled)
+    # AnalysisService, which runs the analysis.* types; None: not configured.
+    analysis: AnalysisClient | None = None
 
 
 @dataclass

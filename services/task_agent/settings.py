@@ -7,6 +7,7 @@ class TaskAgentSettings(GrpcServerSettings):
     handler_modules: list[str] = [
         "services.task_agent.builtins",
         "services.task_agent.http_builtins",
+        "services.task_agent.analysis_builtins",
     ]
     # Handlers running at once in this process.
     concurrency: int = 100
@@ -25,6 +26,8 @@ class TaskAgentSettings(GrpcServerSettings):
     # http.request and webhook.deliver refuse loopback, private and link-local addresses
     # unless this is set.
     http_allow_private_networks: bool = False
+    # AnalysisService, which runs the analysis.* task types; empty: they fail, saying so.
+    analysis_service_address: str = "127.0.0.1:50053"
     reconcile_interval_s: float = 5.0
     # A pending task still not claimed this long after its dispatch is dispatched again.
     redispatch_after_s: float = 30.0

@@ -122,3 +122,33 @@ def test_a_run_survives_the_kill_of_its_orchestrator(platform) -> None:
     steps = {s["name"]: s for s in run["steps"]}
     assert steps["total"]["output"] == {"order": 7, "lines": [{"line": "x"}]}
     assert len(steps["nap"]["task_ids"]) == 1
+
+
+def test_analysis_steps_run_on_the_analysis_service(platform) -> None:
+    name = f"review-{uuid.uuid4().hex[:6]}"
+    errors = [20.0, 21.5, 19.0, 20.5, 18.5, 21.0, 20.0, 19.5, 20.5, 19.0] * 3
+    errors[24] = 80.0
+    definition = {
+        "steps": [
+            {"name": "stats", "type": "analysis.describe", "input": {"values": [4, 8, 15, 16]}},
+            {"name": "spikes", "type": "analysis.anomalies", "input": {"values": errors}},
+            {"name": "logs", "type": "analysis.patterns", "input": {"lines": ["a 1", "a 2", "b"]}},
+            {
+                "name": "pages",
+                "type": "echo",
+                "depends_on": ["spikes"],
+                "for_each": {"$ref": "steps.spikes.output.anomalies"},
+                "input": {"minute": {"$ref": "item.index"}},
+            },
+        ]
+    }
+    with platform.client("admin") as admin:
+        defined = admin.put(f"/v1/workflows/{name}", json=definition)
+        assert defined.status_code == 201, defined.text
+        started = admin.post(f"/v1/workflows/{name}/runs", json={"input": {}}).json()
+        run = _until_ended(admin, started["id"])
+    assert run["state"] == "SUCCEEDED", run
+    steps = {s["name"]: s for s in run["steps"]}
+    assert steps["stats"]["output"]["mean"] == 10.75
+    assert steps["pages"]["output"] == [{"minute": 24}]
+    assert [c["count"] for c in steps["logs"]["output"]["clusters"]] == [2, 1]

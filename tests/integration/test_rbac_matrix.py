@@ -64,7 +64,7 @@ EXPECTED = {
     "admin": READS | OPERATES | ADMINISTERS,
     # On its own (inbound webhooks start runs); for people it relays their role decides.
     "gateway": REGISTERS | {"StartRun"},
-    "task_agent": REGISTERS,
+    "task_agent": REGISTERS | {"RunAnalysis"},
     "orchestrator": REGISTERS
     | {
         "ListAgents",

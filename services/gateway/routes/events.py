@@ -47,7 +47,6 @@ stream is unavailable; 1011 internal error; 1012 the gateway is restarting."""
 import asyncio
 import contextlib
 import json
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from libs.common.audit import AuditEntry
 from libs.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from libs.common.rbac import Policy
 from libs.common.tokens import Principal, verify
+from libs.common.tracing import trace_id
 from services.gateway.auth import ANONYMOUS_ADMIN
 from services.gateway.live_events import (
     LiveEvents,
@@ -82,7 +82,12 @@ TRY_AGAIN_LATER = 1013
 INTERNAL_ERROR = 1011
 # The subjects clients may name, "<kind>/<id>", and the REST route whose read permission
 # lets a role see them. Other subjects are for admins.
-_READ_ROUTES = {"task": "/v1/tasks", "run": "/v1/runs", "workflow": "/v1/workflows"}
+_READ_ROUTES = {
+    "task": "/v1/tasks",
+    "run": "/v1/runs",
+    "workflow": "/v1/workflows",
+    "insight": "/v1/insights",
+}
 _EVERYTHING_ROLE = "admin"
 _MAX_TOPICS = 100
 _MAX_TOPIC_CHARS = 200
@@ -236,7 +241,7 @@ class _Connection:
                 subjects.add(subject)
             else:
                 raise InvalidArgument(
-                    f"unknown topic {name!r}: task:<id>, run:<id>, workflow:<name>, "
+                    f"unknown topic {name!r}: task:<id>, run:<id>, workflow:<name>, insight:<id>, "
                     "type:<event type> or *"
                 )
         return Topics(frozenset(subjects), frozenset(types), everything)
@@ -349,8 +354,6 @@ def _take_token(websocket: WebSocket) -> str | None:
 async def _audit(
     websocket: WebSocket, principal: Principal | None, outcome: str, detail: str
 ) -> None:
-    traceparent = websocket.headers.get("traceparent", "").split("-")
-    trace_id = traceparent[1] if len(traceparent) == 4 else secrets.token_hex(16)
     await websocket.app.state.audit.record(
         AuditEntry(
             principal=principal.subject if principal else "unknown",
@@ -358,7 +361,7 @@ async def _audit(
             action=f"GET {PATH}",
             resource=PATH,
             outcome=outcome,
-            trace_id=trace_id,
+            trace_id=trace_id(),
             via="gateway",
             detail=detail,
         )

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentry/analysis/v1/analysis.proto\x12\x13\x61gentry.analysis.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n\x0e\x45rrorSignature\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12.\n\nfirst_seen\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x65xample\x18\x05 \x01(\t\"\x8c\x02\n\tReportRow\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x11\n\tsucceeded\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x05 \x01(\x01\x12\x18\n\x10throughput_per_s\x18\x06 \x01(\x01\x12\r\n\x05p50_s\x18\x07 \x01(\x01\x12\r\n\x05p95_s\x18\x08 \x01(\x01\x12\r\n\x05p99_s\x18\t \x01(\x01\x12\x12\n\nretry_rate\x18\n \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x0b \x01(\x03\x12\x37\n\ntop_errors\x18\x0c \x03(\x0b\x32#.agentry.analysis.v1.ErrorSignature\"6\n\x10GetReportRequest\x12\x10\n\x08window_s\x18\x01 \x01(\x03\x12\x10\n\x08group_by\x18\x02 \x01(\t\"\x95\x01\n\x11GetReportResponse\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04rows\x18\x03 \x03(\x0b\x32\x1e.agentry.analysis.v1.ReportRow\"\xea\x01\n\x07Insight\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x30\n\x0cwindow_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vidence\x18\x07 \x01(\x0c\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x13ListInsightsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\"_\n\x14ListInsightsResponse\x12.\n\x08insights\x18\x01 \x03(\x0b\x32\x1c.agentry.analysis.v1.Insight\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd4\x01\n\x0e\x43\x61naryAnalysis\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x04 \x01(\t\x12\x10\n\x08window_s\x18\x05 \x01(\x03\x12-\n\x07verdict\x18\x06 \x01(\x0e\x32\x1c.agentry.analysis.v1.Verdict\x12\x12\n\nstatistics\x18\x07 \x01(\x0c\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14\x41nalyzeCanaryRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x03 \x01(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x03\"N\n\x15\x41nalyzeCanaryResponse\x12\x35\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32#.agentry.analysis.v1.CanaryAnalysis\"&\n\x18GetCanaryAnalysisRequest\x12\n\n\x02id\x18\x01 \x01(\t\"R\n\x19GetCanaryAnalysisResponse\x12\x35\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32#.agentry.analysis.v1.CanaryAnalysis\"1\n\x12RunAnalysisRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\x0c\"%\n\x13RunAnalysisResponse\x12\x0e\n\x06output\x18\x01 \x01(\x0c*`\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02\x12\x18\n\x14VERDICT_INCONCLUSIVE\x10\x03\x32\x90\x04\n\x0f\x41nalysisService\x12Z\n\tGetReport\x12%.agentry.analysis.v1.GetReportRequest\x1a&.agentry.analysis.v1.GetReportResponse\x12\x63\n\x0cListInsights\x12(.agentry.analysis.v1.ListInsightsRequest\x1a).agentry.analysis.v1.ListInsightsResponse\x12\x66\n\rAnalyzeCanary\x12).agentry.analysis.v1.AnalyzeCanaryRequest\x1a*.agentry.analysis.v1.AnalyzeCanaryResponse\x12r\n\x11GetCanaryAnalysis\x12-.agentry.analysis.v1.GetCanaryAnalysisRequest\x1a..agentry.analysis.v1.GetCanaryAnalysisResponse\x12`\n\x0bRunAnalysis\x12\'.agentry.analysis.v1.RunAnalysisRequest\x1a(.agentry.analysis.v1.RunAnalysisResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentry/analysis/v1/analysis.proto\x12\x13\x61gentry.analysis.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n\x0e\x45rrorSignature\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12.\n\nfirst_seen\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x65xample\x18\x05 \x01(\t\"\x8c\x02\n\tReportRow\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x11\n\tsucceeded\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x05 \x01(\x01\x12\x18\n\x10throughput_per_s\x18\x06 \x01(\x01\x12\r\n\x05p50_s\x18\x07 \x01(\x01\x12\r\n\x05p95_s\x18\x08 \x01(\x01\x12\r\n\x05p99_s\x18\t \x01(\x01\x12\x12\n\nretry_rate\x18\n \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x0b \x01(\x03\x12\x37\n\ntop_errors\x18\x0c \x03(\x0b\x32#.agentry.analysis.v1.ErrorSignature\"6\n\x10GetReportRequest\x12\x10\n\x08window_s\x18\x01 \x01(\x03\x12\x10\n\x08group_by\x18\x02 \x01(\t\"\x95\x01\n\x11GetReportResponse\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04rows\x18\x03 \x03(\x0b\x32\x1e.agentry.analysis.v1.ReportRow\"\xaa\x02\n\x07Insight\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x30\n\x0cwindow_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vidence\x18\x07 \x01(\x0c\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\t \x01(\t\x12/\n\x0bresolved_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x13ListInsightsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x10\n\x08window_s\x18\x05 \x01(\x03\"_\n\x14ListInsightsResponse\x12.\n\x08insights\x18\x01 \x03(\x0b\x32\x1c.agentry.analysis.v1.Insight\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd4\x01\n\x0e\x43\x61naryAnalysis\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x04 \x01(\t\x12\x10\n\x08window_s\x18\x05 \x01(\x03\x12-\n\x07verdict\x18\x06 \x01(\x0e\x32\x1c.agentry.analysis.v1.Verdict\x12\x12\n\nstatistics\x18\x07 \x01(\x0c\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14\x41nalyzeCanaryRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x03 \x01(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x03\"N\n\x15\x41nalyzeCanaryResponse\x12\x35\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32#.agentry.analysis.v1.CanaryAnalysis\"&\n\x18GetCanaryAnalysisRequest\x12\n\n\x02id\x18\x01 \x01(\t\"R\n\x19GetCanaryAnalysisResponse\x12\x35\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32#.agentry.analysis.v1.CanaryAnalysis\"1\n\x12RunAnalysisRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\x0c\"%\n\x13RunAnalysisResponse\x12\x0e\n\x06output\x18\x01 \x01(\x0c*`\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02\x12\x18\n\x14VERDICT_INCONCLUSIVE\x10\x03\x32\x90\x04\n\x0f\x41nalysisService\x12Z\n\tGetReport\x12%.agentry.analysis.v1.GetReportRequest\x1a&.agentry.analysis.v1.GetReportResponse\x12\x63\n\x0cListInsights\x12(.agentry.analysis.v1.ListInsightsRequest\x1a).agentry.analysis.v1.ListInsightsResponse\x12\x66\n\rAnalyzeCanary\x12).agentry.analysis.v1.AnalyzeCanaryRequest\x1a*.agentry.analysis.v1.AnalyzeCanaryResponse\x12r\n\x11GetCanaryAnalysis\x12-.agentry.analysis.v1.GetCanaryAnalysisRequest\x1a..agentry.analysis.v1.GetCanaryAnalysisResponse\x12`\n\x0bRunAnalysis\x12\'.agentry.analysis.v1.RunAnalysisRequest\x1a(.agentry.analysis.v1.RunAnalysisResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentry.analysis.v1.analysis_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICT']._serialized_start=1753
-  _globals['_VERDICT']._serialized_end=1849
+  _globals['_VERDICT']._serialized_start=1850
+  _globals['_VERDICT']._serialized_end=1946
   _globals['_ERRORSIGNATURE']._serialized_start=93
   _globals['_ERRORSIGNATURE']._serialized_end=257
   _globals['_REPORTROW']._serialized_start=260
@@ -43,25 +43,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREPORTRESPONSE']._serialized_start=587
   _globals['_GETREPORTRESPONSE']._serialized_end=736
   _globals['_INSIGHT']._serialized_start=739
-  _globals['_INSIGHT']._serialized_end=973
-  _globals['_LISTINSIGHTSREQUEST']._serialized_start=975
-  _globals['_LISTINSIGHTSREQUEST']._serialized_end=1052
-  _globals['_LISTINSIGHTSRESPONSE']._serialized_start=1054
-  _globals['_LISTINSIGHTSRESPONSE']._serialized_end=1149
-  _globals['_CANARYANALYSIS']._serialized_start=1152
-  _globals['_CANARYANALYSIS']._serialized_end=1364
-  _globals['_ANALYZECANARYREQUEST']._serialized_start=1366
-  _globals['_ANALYZECANARYREQUEST']._serialized_end=1457
-  _globals['_ANALYZECANARYRESPONSE']._serialized_start=1459
-  _globals['_ANALYZECANARYRESPONSE']._serialized_end=1537
-  _globals['_GETCANARYANALYSISREQUEST']._serialized_start=1539
-  _globals['_GETCANARYANALYSISREQUEST']._serialized_end=1577
-  _globals['_GETCANARYANALYSISRESPONSE']._serialized_start=1579
-  _globals['_GETCANARYANALYSISRESPONSE']._serialized_end=1661
-  _globals['_RUNANALYSISREQUEST']._serialized_start=1663
-  _globals['_RUNANALYSISREQUEST']._serialized_end=1712
-  _globals['_RUNANALYSISRESPONSE']._serialized_start=1714
-  _globals['_RUNANALYSISRESPONSE']._serialized_end=1751
-  _globals['_ANALYSISSERVICE']._serialized_start=1852
-  _globals['_ANALYSISSERVICE']._serialized_end=2380
+  _globals['_INSIGHT']._serialized_end=1037
+  _globals['_LISTINSIGHTSREQUEST']._serialized_start=1039
+  _globals['_LISTINSIGHTSREQUEST']._serialized_end=1149
+  _globals['_LISTINSIGHTSRESPONSE']._serialized_start=1151
+  _globals['_LISTINSIGHTSRESPONSE']._serialized_end=1246
+  _globals['_CANARYANALYSIS']._serialized_start=1249
+  _globals['_CANARYANALYSIS']._serialized_end=1461
+  _globals['_ANALYZECANARYREQUEST']._serialized_start=1463
+  _globals['_ANALYZECANARYREQUEST']._serialized_end=1554
+  _globals['_ANALYZECANARYRESPONSE']._serialized_start=1556
+  _globals['_ANALYZECANARYRESPONSE']._serialized_end=1634
+  _globals['_GETCANARYANALYSISREQUEST']._serialized_start=1636
+  _globals['_GETCANARYANALYSISREQUEST']._serialized_end=1674
+  _globals['_GETCANARYANALYSISRESPONSE']._serialized_start=1676
+  _globals['_GETCANARYANALYSISRESPONSE']._serialized_end=1758
+  _globals['_RUNANALYSISREQUEST']._serialized_start=1760
+  _globals['_RUNANALYSISREQUEST']._serialized_end=1809
+  _globals['_RUNANALYSISRESPONSE']._serialized_start=1811
+  _globals['_RUNANALYSISRESPONSE']._serialized_end=1848
+  _globals['_ANALYSISSERVICE']._serialized_start=1949
+  _globals['_ANALYSISSERVICE']._serialized_end=2477
 # @@protoc_insertion_point(module_scope)

@@ -190,6 +190,8 @@ class Insight(_message.Message):
     WINDOW_END_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
     """anomaly.failure_rate, anomaly.duration_p95, anomaly.queue_lag, pattern.new_fingerprint, ..."""
@@ -198,12 +200,16 @@ class Insight(_message.Message):
     subject: _builtins.str
     evidence: _builtins.bytes
     """JSON-encoded evidence."""
+    state: _builtins.str
+    """open while the condition lasts (or within the cool-down after it), then resolved."""
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def window_end(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -215,10 +221,12 @@ class Insight(_message.Message):
         window_end: _timestamp_pb2.Timestamp | None = ...,
         evidence: _builtins.bytes = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        state: _builtins.str = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "resolved_at", b"resolved_at", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evidence", b"evidence", "id", b"id", "kind", b"kind", "severity", b"severity", "subject", b"subject", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evidence", b"evidence", "id", b"id", "kind", b"kind", "resolved_at", b"resolved_at", "severity", b"severity", "state", b"state", "subject", b"subject", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -231,19 +239,29 @@ class ListInsightsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """Up to 500; 0 means 50."""
     page_token: _builtins.str
     subject: _builtins.str
+    """A task type; empty for all."""
+    state: _builtins.str
+    """"open", "resolved", or empty for both."""
+    window_s: _builtins.int
+    """Only insights whose condition was seen in the last window_s seconds; 0 for all."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         subject: _builtins.str = ...,
+        state: _builtins.str = ...,
+        window_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state", "subject", b"subject", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
