@@ -8,16 +8,18 @@ from dataclasses import dataclass
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from agentry.agents.v1 import agents_pb2
 from libs.common.audit import AuditLog
 from libs.common.db import create_engine
 from libs.common.lifecycle import AgentState, Lifecycle
+from libs.common.metrics import describe_service
 from libs.common.rbac import Policy
 from libs.common.redis_client import Keys, create_redis
 from libs.common.registration import RegistryReporter
 from libs.common.security import load_security
-from services.gateway import problems
+from services.gateway import http_metrics, problems
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.clients import Services
 from services.gateway.live_events import LiveEvents
@@ -26,8 +28,10 @@ from services.gateway.routes import (
     agents,
     audit,
     canary,
+    dashboard,
     events,
     hooks,
+    insights,
     reports,
     tasks,
     webhook_subscriptions,
@@ -130,6 +134,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.auth = auth
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added after the body limit, so around it: refused bodies are counted too.
+    http_metrics.install(app)
+    # Around the whole middleware stack: each request's span is current in its handler and
+    # in the gRPC calls it makes.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="/metrics$,/healthz$,/readyz$", exclude_spans=["receive", "send"]
+    )
+    describe_service("gateway", settings.version, security.identity)
     app.include_router(tasks.router)
     app.include_router(agents.router)
     app.include_router(audit.router)
@@ -138,7 +150,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(hooks.make_router(settings))
     app.include_router(events.router)
     app.include_router(reports.router)
+    app.include_router(insights.router)
     app.include_router(canary.router)
+    # The operators' dashboard at /, and GET /v1/me, which tells it what to offer.
+    dashboard.install(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
