@@ -13,7 +13,7 @@ export GRPC_ENABLE_FORK_SUPPORT := false
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIR := libs/protos
 
-.PHONY: venv debs certs run test lint format protos check-protos bench clean
+.PHONY: venv debs certs run test lint format protos check-protos bench k8s images clean
 
 venv: $(VENV)/.installed
 
@@ -79,6 +79,18 @@ bench: venv
 	$(PY) -m bench.run
 	$(PY) -m bench.workflows
 	$(PY) -m bench.events_ws
+	$(PY) -m bench.insights
+
+# The images and Kubernetes manifests, checked offline: kustomize renders, schemas, hadolint,
+# promtool (docs/kubernetes.md, "Validation").
+k8s: venv
+	$(PY) -m pytest -q tests/deploy
+
+IMAGE_TAG ?= dev
+images:
+	for s in task-agent orchestrator analysis gateway; do \
+		docker build -f deploy/docker/$$s.Dockerfile -t agentry/$$s:$(IMAGE_TAG) . || exit 1; \
+	done
 
 clean:
 	rm -rf .cache .dev
