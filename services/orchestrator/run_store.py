@@ -179,19 +179,6 @@ class RunStore:
 
     # -- runs ----------------------------------------------------------------------------
 
-    async def insert_run(
-        self,
-        workflow: WorkflowRecord,
-        run_input: Any,
-        idempotency_key: str | None,
-        deadline_s: float | None,
-    ) -> tuple[RunRecord, bool]:
-        """The new run (created=True), or the one that already holds the idempotency key."""
-        async with self._engine.begin() as conn:
-            return await self._insert_run(
-                conn, workflow, run_input, idempotency_key, deadline_s, None
-            )
-
     async def _insert_run(
         self,
         conn: AsyncConnection,
@@ -276,6 +263,12 @@ class RunStore:
             return (await _steps(conn, self, [run_id]))[run_id]
 
     @asynccontextmanager
+    async def transaction(self) -> AsyncIterator["RunTx"]:
+        """A transaction for new runs (a run it inserts is locked until it commits)."""
+        async with self._engine.begin() as conn:
+            yield RunTx(conn, self, [])
+
+    @asynccontextmanager
     async def locked(self, run_ids: Sequence[uuid.UUID]) -> AsyncIterator["RunTx"]:
         """A transaction holding the row locks of those of `run_ids` that exist, taken in id
         order: two transactions locking overlapping sets wait for each other, never
@@ -316,16 +309,17 @@ class RunTx:
     ) -> dict[uuid.UUID, tuple[list[StepTask], list[Mark]]]:
         return await _steps(self._conn, self._store, run_ids)
 
-    async def insert_child(
+    async def insert_run(
         self,
         workflow: WorkflowRecord,
         run_input: Any,
-        idempotency_key: str,
+        idempotency_key: str | None,
         deadline_s: float | None,
-        parent: tuple[uuid.UUID, str, int],
+        parent: tuple[uuid.UUID, str, int] | None = None,
     ) -> tuple[RunRecord, bool]:
-        """A child run, in the parent's transaction (its row references the locked parent:
-        from another transaction it would wait for the parent's lock)."""
+        """The new run (created=True), or the one that already holds the idempotency key. A
+        child run is inserted in its parent's transaction (its row references the locked
+        parent: from another transaction it would wait for the parent's lock)."""
         return await self._store._insert_run(
             self._conn, workflow, run_input, idempotency_key, deadline_s, parent
         )

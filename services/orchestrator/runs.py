@@ -12,12 +12,13 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.common.events import EventBus, make_events
+from services.orchestrator import metrics
 from services.orchestrator.dag import (
     Item,
     Plan,
@@ -52,6 +53,9 @@ log = structlog.get_logger(__name__)
 MAX_DEPTH = 8
 # Runs advanced in one transaction, at most.
 RUNS_PER_ADVANCE = 200
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # A run's event before it is published: (type, step or "", data).
 Event = tuple[str, str, Any]
@@ -109,37 +113,42 @@ class _Refused(Exception):
     """TaskService refused a batch's tasks: the runs advance one by one instead."""
 
 
-class _Coalescer:
-    """Advances asked for while one is under way wait, and go together in the next: under
+class _Coalescer(Generic[T, R]):
+    """Calls made while a batch is under way wait, and go together in the next batch: under
     load, one transaction and one SubmitTasks serve many callers (as a database's group
     commit does); alone, a caller waits for nothing."""
 
-    def __init__(
-        self, advance_many: Callable[[Mapping[uuid.UUID, Sequence[TaskEnd]]], Awaitable[None]]
-    ) -> None:
-        self._advance_many = advance_many
-        self._waiting: dict[uuid.UUID, asyncio.Future[None]] = {}
+    def __init__(self, run_batch: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._run_batch = run_batch
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._draining: asyncio.Task[None] | None = None
 
-    async def advance(self, run_id: uuid.UUID) -> None:
-        future = self._waiting.get(run_id)
-        if future is None:
-            future = self._waiting[run_id] = asyncio.get_running_loop().create_future()
+    async def __call__(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
     async def _drain(self) -> None:
         while self._waiting:
-            batch, self._waiting = self._waiting, {}
+            batch, self._waiting = self._waiting, []
             try:
-                await self._advance_many({run_id: () for run_id in batch})
-            except Exception as exc:  # each caller sees it, as if it had advanced alone
-                for future in batch.values():
+                results = await self._run_batch([item for item, _ in batch])
+            except Exception as exc:  # each caller sees it, as if it had gone alone
+                for _, future in batch:
                     future.set_exception(exc)
             else:
-                for future in batch.values():
-                    future.set_result(None)
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
+
+
+@dataclass(frozen=True)
+class _NewRun:
+    workflow: WorkflowRecord
+    defn: WorkflowDef
+    input: Any
+    idempotency_key: str | None
 
 
 @dataclass
@@ -190,7 +199,7 @@ class Runs:
         self._tasks = tasks
         self._events = events
         self._definitions: dict[tuple[str, int], WorkflowDef] = {}
-        self._starts = _Coalescer(self.advance_many)
+        self._starts = _Coalescer(self._start_many)
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -233,15 +242,36 @@ class Runs:
             run_input = json.loads(raw_input) if raw_input else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"the run's input is not JSON: {exc}") from None
-        run, created = await self._store.insert_run(
-            record, run_input, idempotency_key or None, defn.timeout_s
-        )
-        if created:
-            await self._events.publish(
-                "run.started", f"run/{run.id}", {"workflow": name, "version": record.version}
-            )
-            await self._starts.advance(run.id)
-        return await self._run(run.id), created
+        return await self._starts(_NewRun(record, defn, run_input, idempotency_key or None))
+
+    async def _start_many(self, news: list[_NewRun]) -> list[tuple[RunRecord, bool]]:
+        """Runs started together (StartRun calls that arrived while the previous batch was
+        being started): inserted in one transaction, then advanced together. The runs are
+        committed before their first tasks are submitted, so the end of a task that ran at
+        once finds its run."""
+        answers: list[tuple[RunRecord, bool]] = []
+        async with self._store.transaction() as tx:
+            for new in news:
+                answers.append(
+                    await tx.insert_run(
+                        new.workflow, new.input, new.idempotency_key, new.defn.timeout_s
+                    )
+                )
+        created = [run for run, is_new in answers if is_new]
+        for run in created:
+            metrics.RUNS_STARTED.labels(run.workflow).inc()
+        started = [
+            (run.id, [("run.started", "", {"workflow": run.workflow, "version": run.version})])
+            for run in created
+        ]
+        await self._publish(started)
+        moves = await self.advance_many({run.id: () for run in created})
+        # A run whose plan ended it, or whose first tasks were refused, is read again.
+        changed = {move.run.id for move in moves if move.ended or move.refused}
+        return [
+            (await self._run(run.id) if run.id in changed else run, is_new)
+            for run, is_new in answers
+        ]
 
     async def _run(self, run_id: uuid.UUID) -> RunRecord:
         run = await self._store.run(run_id)
@@ -282,7 +312,9 @@ class Runs:
         """Records `ends` on their steps, then does what the run's plan says."""
         await self.advance_many({run_id: ends})
 
-    async def advance_many(self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]) -> None:
+    async def advance_many(
+        self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]
+    ) -> list["_Move"]:
         """Advances runs together, in one transaction that holds their locks: one read of
         their steps, one write of the ends, one SubmitTasks for every task their plans
         start, one write of those, one publish. A busy orchestrator's cost per step shrinks
@@ -290,12 +322,17 @@ class Runs:
         nothing of it is written and the runs go one by one, so that only the run whose
         task it refuses fails its step."""
         try:
-            await self._advance_together(ends_by_run)
+            return await self._advance_together(ends_by_run)
         except _Refused:
-            for run_id, ends in ends_by_run.items():
-                await self._advance_together({run_id: ends})
+            return [
+                move
+                for run_id, ends in ends_by_run.items()
+                for move in await self._advance_together({run_id: ends})
+            ]
 
-    async def _advance_together(self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]) -> None:
+    async def _advance_together(
+        self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]
+    ) -> list["_Move"]:
         moves: list[_Move] = []
         async with self._store.locked(list(ends_by_run)) as tx:
             running = [run for run in tx.runs if run.state == RunState.RUNNING]
@@ -305,6 +342,15 @@ class Runs:
                 defn = await self._definition(run.workflow, run.version)
                 moves.append(_move(run, defn, *steps[run.id], ends_by_run[run.id]))
             await self._carry_out(tx, moves)
+        await self._after(moves)
+        return moves
+
+    async def _after(self, moves: Sequence["_Move"]) -> None:
+        """What follows the commit of moves: their events, the cancelled work stopped, the
+        child runs they started advanced, parents told of runs that ended."""
+        for move in moves:
+            if move.plan.ended is not None:
+                metrics.RUNS_FINISHED.labels(move.run.workflow, move.plan.ended.value).inc()
         await self._publish([(move.run.id, move.events) for move in moves])
         for move in moves:
             await self._stop_work(move.defn, move.cancelled)
@@ -406,11 +452,10 @@ class Runs:
         for item, payload in enumerate(start.payloads):
             key = f"run:{run.id}:{step.name}:{item}:{run.attempt}"
             parent = (run.id, step.name, run.depth + 1)
-            child, created = await tx.insert_child(
-                record, payload, key, child_defn.timeout_s, parent
-            )
+            child, created = await tx.insert_run(record, payload, key, child_defn.timeout_s, parent)
             ids.append(child.id)
             if created:
+                metrics.RUNS_STARTED.labels(record.name).inc()
                 move.children.append(child.id)
         await tx.add_tasks([StartedStep(run.id, step.name, run.attempt, ids)])
         move.events.append(("step.started", step.name, {"runs": len(ids)}))
@@ -454,6 +499,7 @@ class Runs:
             running = [n for n, v in _views(defn, *steps).items() if v.state == StepState.RUNNING]
             cancelled = await tx.cancel_steps(rid, running)
             await tx.set_run(rid, RunState.CANCELLED, error="cancelled")
+        metrics.RUNS_FINISHED.labels(run.workflow, RunState.CANCELLED.value).inc()
         events: list[Event] = [*(("step.cancelled", n, {}) for n in running)]
         await self._publish([(rid, [*events, ("run.cancelled", "", {})])])
         await self._stop_work(defn, cancelled)
