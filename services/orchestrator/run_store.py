@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -42,6 +42,9 @@ class RunRecord:
     # Set for a child workflow's run: the run and step that started it.
     parent_run_id: uuid.UUID | None = None
     depth: int = 0
+    # The trace of the request that started it (a child run: its parent's), which its
+    # steps' tasks continue.
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class RunStore:
             deadline_at=row.deadline_at,
             parent_run_id=row.parent_run_id,
             depth=row.depth,
+            trace_context=row.trace_context or {},
         )
 
     # -- definitions ---------------------------------------------------------------------
@@ -187,6 +191,7 @@ class RunStore:
         idempotency_key: str | None,
         deadline_s: float | None,
         parent: tuple[uuid.UUID, str, int] | None,
+        trace_context: dict[str, str],
     ) -> tuple[RunRecord, bool]:
         parent_run, parent_step, depth = parent or (None, None, 0)
         run_id = uuid.uuid4()
@@ -195,10 +200,10 @@ class RunStore:
                 sa.text(
                     "INSERT INTO orchestrator.runs (id, workflow, version, state, input,"
                     " idempotency_key, created_at, updated_at, deadline_at, parent_run_id,"
-                    " parent_step, depth)"
+                    " parent_step, depth, trace_context)"
                     " VALUES (:id, :workflow, :version, 'RUNNING', :input, :key, now(), now(),"
                     " now() + make_interval(secs => :deadline), :parent_run, :parent_step,"
-                    " :depth)"
+                    " :depth, CAST(:trace_context AS jsonb))"
                     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
                 ),
                 {
@@ -211,6 +216,7 @@ class RunStore:
                     "parent_run": parent_run,
                     "parent_step": parent_step,
                     "depth": depth,
+                    "trace_context": json.dumps(trace_context),
                 },
             )
         ).first()
@@ -315,13 +321,14 @@ class RunTx:
         run_input: Any,
         idempotency_key: str | None,
         deadline_s: float | None,
+        trace_context: dict[str, str],
         parent: tuple[uuid.UUID, str, int] | None = None,
     ) -> tuple[RunRecord, bool]:
         """The new run (created=True), or the one that already holds the idempotency key. A
         child run is inserted in its parent's transaction (its row references the locked
         parent: from another transaction it would wait for the parent's lock)."""
         return await self._store._insert_run(
-            self._conn, workflow, run_input, idempotency_key, deadline_s, parent
+            self._conn, workflow, run_input, idempotency_key, deadline_s, parent, trace_context
         )
 
     async def add_tasks(self, started: Sequence[StartedStep]) -> None:

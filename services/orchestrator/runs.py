@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
+from libs.common import tracing
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.common.events import EventBus, make_events
 from services.orchestrator import metrics
@@ -149,6 +150,7 @@ class _NewRun:
     defn: WorkflowDef
     input: Any
     idempotency_key: str | None
+    trace_context: dict[str, str]
 
 
 @dataclass
@@ -242,7 +244,9 @@ class Runs:
             run_input = json.loads(raw_input) if raw_input else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"the run's input is not JSON: {exc}") from None
-        return await self._starts(_NewRun(record, defn, run_input, idempotency_key or None))
+        # The caller's trace, taken here: its start may go in a batch started by another call.
+        new = _NewRun(record, defn, run_input, idempotency_key or None, tracing.carrier())
+        return await self._starts(new)
 
     async def _start_many(self, news: list[_NewRun]) -> list[tuple[RunRecord, bool]]:
         """Runs started together (StartRun calls that arrived while the previous batch was
@@ -254,7 +258,11 @@ class Runs:
             for new in news:
                 answers.append(
                     await tx.insert_run(
-                        new.workflow, new.input, new.idempotency_key, new.defn.timeout_s
+                        new.workflow,
+                        new.input,
+                        new.idempotency_key,
+                        new.defn.timeout_s,
+                        new.trace_context,
                     )
                 )
         created = [run for run, is_new in answers if is_new]
@@ -407,7 +415,9 @@ class Runs:
         if not starts:
             return
         specs = [
-            task_spec(start.step, payload, move.run.id, item, move.run.attempt)
+            task_spec(
+                start.step, payload, move.run.id, item, move.run.attempt, move.run.trace_context
+            )
             for move, start in starts
             for item, payload in enumerate(start.payloads)
         ]
@@ -452,7 +462,9 @@ class Runs:
         for item, payload in enumerate(start.payloads):
             key = f"run:{run.id}:{step.name}:{item}:{run.attempt}"
             parent = (run.id, step.name, run.depth + 1)
-            child, created = await tx.insert_run(record, payload, key, child_defn.timeout_s, parent)
+            child, created = await tx.insert_run(
+                record, payload, key, child_defn.timeout_s, run.trace_context, parent
+            )
             ids.append(child.id)
             if created:
                 metrics.RUNS_STARTED.labels(record.name).inc()

@@ -30,7 +30,12 @@ class TaskEnd:
 
 
 def task_spec(
-    step: StepDef, payload: Any, run_id: uuid.UUID, item: int, attempt: int
+    step: StepDef,
+    payload: Any,
+    run_id: uuid.UUID,
+    item: int,
+    attempt: int,
+    trace_context: dict[str, str],
 ) -> tasks_pb2.TaskSpec:
     spec = tasks_pb2.TaskSpec(
         type=step.type,
@@ -41,6 +46,7 @@ def task_spec(
         timeout_s=step.timeout_s or 0,
         fallback_type=step.fallback or "",
         queue=step.queue or "",
+        trace_context=trace_context,
     )
     if step.retry is not None:
         spec.retry.CopyFrom(

@@ -54,6 +54,7 @@ def submission(spec: tasks_pb2.TaskSpec) -> Submission:
         fallback_type=spec.fallback_type,
         concurrency_key=spec.concurrency_key,
         labels=dict(spec.labels),
+        trace_context=dict(spec.trace_context),
     )
 
 

@@ -33,6 +33,8 @@ class Submission:
     fallback_type: str = ""
     concurrency_key: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    # The trace the task's executions continue; empty: the submitting call's.
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 def check_payload(payload: bytes, max_bytes: int) -> bytes:

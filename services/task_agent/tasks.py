@@ -98,7 +98,8 @@ class Tasks:
         new = []
         for index, sub in enumerate(batch):
             try:
-                new.append(validate(sub, types, self._max_payload_bytes, now, trace_context))
+                context = sub.trace_context or trace_context
+                new.append(validate(sub, types, self._max_payload_bytes, now, context))
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     f"tasks[{index}]: {exc}" if len(batch) > 1 else str(exc)

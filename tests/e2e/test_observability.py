@@ -294,3 +294,42 @@ def test_log_lines_are_json_naming_service_version_and_trace(traced: Platform) -
         return [f"{line} lacks {keys - set(line)}"] if keys - set(line) else []
 
     _until(wrong, within_s=15.0)
+
+
+def test_runs_advanced_together_keep_their_own_traces(
+    traced: Platform, receiver: tuple[Receiver, int]
+) -> None:
+    """The orchestrator submits several runs' steps in one SubmitTasks call; each task still
+    runs in its own run's trace."""
+    spans, _ = receiver
+    before = {s.trace_id for s in spans.spans}
+    name = f"traced-{uuid.uuid4().hex[:6]}"
+    with traced.client("admin") as admin:
+        defined = admin.put(
+            f"/v1/workflows/{name}",
+            content=TWO_STEPS.format(name=name).encode(),
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert defined.status_code == 201, defined.text
+
+        def run_one(n: int) -> str:
+            started = admin.post(f"/v1/workflows/{name}/runs", json={"input": {"n": n}})
+            assert started.status_code == 201, started.text
+            return str(started.json()["id"])
+
+        with futures.ThreadPoolExecutor(max_workers=8) as pool:
+            run_ids = list(pool.map(run_one, range(8)))
+        for run_id in run_ids:
+            assert _until_run_ended(admin, run_id)["state"] == "SUCCEEDED"
+
+    route = "POST /v1/workflows/{name}/runs"
+
+    def executions_per_run(got: list[Span]) -> list[int]:
+        roots = {s.trace_id for s in got if s.service == "gateway" and s.name.startswith(route)}
+        mine = [r for r in roots if r not in before]
+        return [sum(1 for s in got if s.trace_id == r and s.name == "execute echo") for r in mine]
+
+    counted = executions_per_run(
+        spans.wait_for(lambda got: sum(executions_per_run(got)) >= 16, within_s=30.0)
+    )
+    assert counted == [2] * 8
