@@ -22,6 +22,7 @@ from statistics import NormalDist
 from typing import Any, Protocol
 
 from libs.common.errors import InvalidArgument, NotFound
+from services.analysis.paging import Cursor, check_page_size, page_token, parse_page_token
 from services.analysis.reports import GroupTotals, percentile, ratio
 
 MIN_SAMPLES = 50
@@ -224,6 +225,16 @@ class CanaryHistory(Protocol):
 
     async def canary_analysis(self, analysis_id: uuid.UUID) -> CanaryAnalysis | None: ...
 
+    async def canary_analyses(
+        self, after: Cursor | None, limit: int, subject: str | None
+    ) -> list[CanaryAnalysis]: ...
+
+
+@dataclass(frozen=True)
+class CanaryPage:
+    analyses: list[CanaryAnalysis]
+    next_page_token: str
+
 
 class Canaries:
     def __init__(self, history: CanaryHistory) -> None:
@@ -257,3 +268,14 @@ class Canaries:
         if analysis is None:
             raise NotFound(f"no canary analysis {analysis_id!r}")
         return analysis
+
+    async def list(self, page_size: int, token: str, subject: str) -> CanaryPage:
+        """Newest first; `subject` (empty: all) keeps the analyses of that subject, "*" those
+        over every task type."""
+        limit = check_page_size(page_size)
+        after = parse_page_token(token)
+        rows = await self._history.canary_analyses(after, limit + 1, subject or None)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_token = page_token((rows[-1].created_at, rows[-1].id)) if more else ""
+        return CanaryPage(rows, next_token)

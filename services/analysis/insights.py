@@ -17,9 +17,6 @@ advisory lock that one replica holds per round, with ids made of the insight and
 so one published again after a crash is still delivered to webhooks once."""
 
 import asyncio
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -40,12 +37,11 @@ from services.analysis.detectors import (
 )
 from services.analysis.failure_patterns import pattern_findings
 from services.analysis.history import minute_of
+from services.analysis.paging import Cursor, check_page_size, page_token, parse_page_token
 from services.analysis.reports import MAX_WINDOW_S
 
 STATES = ("open", "resolved")
 SEVERITIES = ("info", "warning", "critical")
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 # Events of a minute arrive within seconds of its end; a round looks at minutes this old.
 SETTLE = timedelta(seconds=15)
 
@@ -173,34 +169,6 @@ def event_of(insight: Insight, type_: str, source: str) -> events_pb2.Event:
     event = make_event(type_, f"insight/{insight.id}", as_json(insight), source)
     event.id = f"insight-{insight.id}-{insight.state}"
     return event
-
-
-Cursor = tuple[datetime, str]
-
-
-def page_token(cursor: Cursor) -> str:
-    raw = json.dumps([cursor[0].isoformat(), cursor[1]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def parse_page_token(token: str) -> Cursor | None:
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        created, insight_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(uuid.UUID(insight_id))
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            "page_token is not one this service gave out: pass the next_page_token of an"
-            " earlier answer, or none for the first page"
-        ) from None
-
-
-def check_page_size(page_size: int) -> int:
-    if page_size < 0 or page_size > MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size must be between 0 and {MAX_PAGE_SIZE}, not {page_size}")
-    return page_size or DEFAULT_PAGE_SIZE
 
 
 def check_window(window_s: int) -> int:

@@ -11,7 +11,8 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.analysis.detectors import MINUTE, Recent
-from services.analysis.insights import Changes, Cursor, Insight
+from services.analysis.insights import Changes, Insight
+from services.analysis.paging import Cursor
 from services.analysis.store import (
     agent_rollups,
     error_rollups,

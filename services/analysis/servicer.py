@@ -122,6 +122,14 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         analysis = await self._canaries.get(request.id)
         return analysis_pb2.GetCanaryAnalysisResponse(analysis=_analysis(analysis))
 
+    async def ListCanaryAnalyses(
+        self, request: analysis_pb2.ListCanaryAnalysesRequest, context: grpc.aio.ServicerContext
+    ) -> analysis_pb2.ListCanaryAnalysesResponse:
+        page = await self._canaries.list(request.page_size, request.page_token, request.subject)
+        return analysis_pb2.ListCanaryAnalysesResponse(
+            analyses=[_analysis(a) for a in page.analyses], next_page_token=page.next_page_token
+        )
+
     async def RunAnalysis(
         self, request: analysis_pb2.RunAnalysisRequest, context: grpc.aio.ServicerContext
     ) -> analysis_pb2.RunAnalysisResponse:

@@ -4,6 +4,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.analysis.canary import CanaryAnalysis, Verdict
 from services.analysis.history import Fold, Rollup, minute_of
+from services.analysis.paging import Cursor
 from services.analysis.reports import ErrorSignature, GroupTotals
 
 metadata = sa.MetaData(schema="analysis")
@@ -367,15 +369,35 @@ class HistoryStore:
         query = sa.select(canary_analyses).where(canary_analyses.c.id == analysis_id)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).one_or_none()
-        if row is None:
-            return None
-        return CanaryAnalysis(
-            id=str(row.id),
-            subject=row.subject,
-            baseline=row.baseline,
-            canary=row.canary,
-            window_s=row.window_s,
-            verdict=Verdict(row.verdict),
-            statistics=row.statistics,
-            created_at=row.created_at,
-        )
+        return None if row is None else _canary_analysis(row)
+
+    async def canary_analyses(
+        self, after: Cursor | None, limit: int, subject: str | None
+    ) -> list[CanaryAnalysis]:
+        """Newest first."""
+        query = sa.select(canary_analyses)
+        if after is not None:
+            query = query.where(
+                sa.tuple_(canary_analyses.c.created_at, canary_analyses.c.id)
+                < sa.tuple_(sa.literal(after[0]), sa.literal(uuid.UUID(after[1])))
+            )
+        if subject is not None:
+            query = query.where(canary_analyses.c.subject == subject)
+        query = query.order_by(
+            canary_analyses.c.created_at.desc(), canary_analyses.c.id.desc()
+        ).limit(limit)
+        async with self._engine.connect() as conn:
+            return [_canary_analysis(row) for row in await conn.execute(query)]
+
+
+def _canary_analysis(row: Any) -> CanaryAnalysis:
+    return CanaryAnalysis(
+        id=str(row.id),
+        subject=row.subject,
+        baseline=row.baseline,
+        canary=row.canary,
+        window_s=row.window_s,
+        verdict=Verdict(row.verdict),
+        statistics=row.statistics,
+        created_at=row.created_at,
+    )

@@ -9,6 +9,7 @@ import uuid
 import httpx
 
 from tests.browser.conftest import Platform, screenshot, sign_in, skip_without_a_browser
+from tests.cohorts import analyze, cohort, publish_to
 
 skip_without_a_browser()
 
@@ -219,11 +220,16 @@ def test_api_errors_are_shown(page: Page, platform) -> None:
 
 
 def test_agents_and_reports_are_shown(page: Page, platform) -> None:
+    type_ = f"canary-{uuid.uuid4().hex[:6]}"
+    publish_to(platform.stack, cohort("1.0", type_, 2, 0) + cohort("1.1", type_, 2, 0))
     with platform.client("operator") as operator:
         for _ in range(3):
             assert (
                 operator.post("/v1/tasks", json={"type": "echo", "payload": {}}).status_code == 201
             )
+        verdict = analyze(
+            operator, {"subject": type_, "baseline": "1.0", "canary": "1.1", "window_s": 600}
+        )
     sign_in(page, platform, "viewer")
     page.click("#nav a[data-section=agents]")
     for role in ("task_agent", "orchestrator", "analysis", "gateway"):
@@ -239,7 +245,15 @@ def test_agents_and_reports_are_shown(page: Page, platform) -> None:
     # Without an insights route (an older gateway) the page says so instead of failing.
     expect(page.locator(".insights :is(.no-insights, .no-open, table)")).to_have_count(1)
 
-    # Verdicts are looked up by id; only operators are offered a new comparison.
+    # Past verdicts are listed, and one opens its statistics; only operators are offered a
+    # new comparison.
+    row = page.locator(f".canaries tr[data-analysis='{verdict['id']}']")
+    expect(row).to_contain_text(verdict["verdict"])
+    expect(row.locator("td")).to_contain_text([type_, "1.1 against 1.0"])
+    row.locator("button.open-verdict").click()
+    expect(page.locator(".verdict-detail")).to_contain_text(verdict["id"])
+    page.locator(".verdict-detail summary").click()
+    expect(page.locator(".verdict-detail pre.json")).to_contain_text('"min_samples": 50')
     expect(page.locator(".canaries input[name=id]")).to_be_visible()
     expect(page.get_by_role("button", name="Compare")).to_have_count(0)
 

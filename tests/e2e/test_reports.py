@@ -5,6 +5,7 @@ import time
 import uuid
 
 from services.analysis.fingerprints import fingerprint
+from tests.cohorts import analyze, cohort, publish_to
 
 
 def _report(platform, want, group_by: str = "type") -> dict:
@@ -74,3 +75,26 @@ def test_a_canary_analysis_of_unknown_versions_is_refused_over_rest(platform) ->
         assert missing.status_code == 404
     with platform.client("viewer") as viewer:
         assert viewer.post("/v1/canary-analyses", json=body).status_code == 403
+
+
+def test_canary_verdicts_are_listed_over_rest(platform) -> None:
+    # A task type of its own: the shared platform's other verdicts are not in its list.
+    type_ = f"canary-{uuid.uuid4().hex[:8]}"
+    publish_to(platform.stack, cohort("1.0", type_, 2, 0) + cohort("1.1", type_, 2, 0))
+    body = {"subject": type_, "baseline": "1.0", "canary": "1.1", "window_s": 600}
+    with platform.client("operator") as operator:
+        made = [analyze(operator, body) for _ in range(3)]
+    with platform.client("viewer") as viewer:
+        first = viewer.get("/v1/canary-analyses", params={"subject": type_, "page_size": 2})
+        assert first.status_code == 200, first.text
+        token = first.json()["next_page_token"]
+        rest = viewer.get("/v1/canary-analyses", params={"subject": type_, "page_token": token})
+        assert rest.status_code == 200, rest.text
+        listed = first.json()["items"] + rest.json()["items"]
+        assert [a["id"] for a in listed] == [a["id"] for a in reversed(made)]
+        assert rest.json()["next_page_token"] is None
+        assert listed[0] == made[-1]
+        refused = viewer.get("/v1/canary-analyses", params={"page_token": "not-a-token"})
+        assert refused.status_code == 400
+        assert "page_token" in refused.json()["detail"]
+        assert viewer.get("/v1/canary-analyses", params={"page_size": 0}).status_code == 422

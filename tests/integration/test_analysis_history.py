@@ -18,6 +18,7 @@ from services.analysis.history import fold
 from services.analysis.reports import PRECISION
 from services.analysis.settings import AnalysisSettings
 from services.analysis.store import HistoryStore
+from tests.cohorts import cohort
 from tests.secure import channel_to, dev_secrets, security_settings
 
 
@@ -159,22 +160,6 @@ async def test_an_entry_delivered_again_after_it_was_written_is_not_counted_twic
     await engine.dispose()
 
 
-def _versioned(version: str, type_: str, took: float, failed: bool = False) -> dict:
-    return {**_task(type_, took=took, error="boom" if failed else None), "version": version}
-
-
-def _cohort(version: str, type_: str, n: int, failures: int, took: float) -> list:
-    outcome = ["task.failed"] * failures + ["task.succeeded"] * (n - failures)
-    return [
-        (
-            event,
-            f"task/{type_}-{version}-{i}",
-            _versioned(version, type_, took, event == "task.failed"),
-        )
-        for i, event in enumerate(outcome)
-    ]
-
-
 async def test_canary_verdicts_are_answered_and_recorded(
     clean_db: str, redis_url: str, redis_prefix: str
 ) -> None:
@@ -187,10 +172,10 @@ async def test_canary_verdicts_are_answered_and_recorded(
     try:
         # echo: the canary fails a fifth of its tasks. sum: the canary is no worse.
         items = (
-            _cohort("1.0", "echo", 100, 1, 0.2)
-            + _cohort("1.1", "echo", 100, 20, 0.2)
-            + _cohort("2.0", "sum", 100, 1, 0.2)
-            + _cohort("2.1", "sum", 100, 1, 0.2)
+            cohort("1.0", "echo", 100, 1, 0.2)
+            + cohort("1.1", "echo", 100, 20, 0.2)
+            + cohort("2.0", "sum", 100, 1, 0.2)
+            + cohort("2.1", "sum", 100, 1, 0.2)
         )
         await bus.publish_events(make_events(items, bus.source))
         await _counts(app, {"task.succeeded": 400 - 23, "task.failed": 23})
@@ -244,6 +229,80 @@ async def test_canary_verdicts_are_answered_and_recorded(
                 analysis_pb2.GetCanaryAnalysisRequest(id="00000000-0000-0000-0000-000000000000")
             )
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await channel.close()
+        await app.stop()
+        await client.aclose()
+
+
+async def test_canary_verdicts_are_listed_newest_first_a_page_at_a_time(
+    clean_db: str, redis_url: str, redis_prefix: str
+) -> None:
+    client = create_redis(redis_url)
+    bus = EventBus(client, Keys(redis_prefix), source="task_agent/a")
+    app = AnalysisApp(_settings(clean_db, redis_url, redis_prefix))
+    await app.start()
+    channel = channel_to(app.server.port, "analysis", role="operator")
+    stub = analysis_pb2_grpc.AnalysisServiceStub(channel)
+    try:
+        items = [
+            item
+            for version in ("1.0", "1.1")
+            for type_ in ("echo", "sum")
+            for item in cohort(version, type_, 10, 0, 0.2)
+        ]
+        await bus.publish_events(make_events(items, bus.source))
+        await _counts(app, {"task.succeeded": 40})
+
+        async def analyze(subject: str) -> str:
+            made = await stub.AnalyzeCanary(
+                analysis_pb2.AnalyzeCanaryRequest(
+                    subject=subject, baseline="1.0", canary="1.1", window_s=600
+                )
+            )
+            return made.analysis.id
+
+        async def listed(**request) -> analysis_pb2.ListCanaryAnalysesResponse:
+            return await stub.ListCanaryAnalyses(analysis_pb2.ListCanaryAnalysesRequest(**request))
+
+        made = [await analyze(subject) for subject in ("echo", "*", "sum", "echo", "*")]
+        newest = made[::-1]
+
+        pages, token = [], ""
+        while True:
+            page = await listed(page_size=2, page_token=token)
+            pages.append([a.id for a in page.analyses])
+            if not (token := page.next_page_token):
+                break
+        assert pages == [newest[:2], newest[2:4], newest[4:]]
+
+        # A verdict made between two pages neither repeats nor shifts the next one.
+        first = await listed(page_size=2)
+        later = await analyze("*")
+        second = await listed(page_size=2, page_token=first.next_page_token)
+        assert [a.id for a in second.analyses] == newest[2:4]
+
+        everything = await listed()
+        assert [a.id for a in everything.analyses] == [later, *newest]
+        assert everything.next_page_token == ""
+        oldest = everything.analyses[-1]
+        assert (oldest.subject, oldest.baseline, oldest.canary) == ("echo", "1.0", "1.1")
+        assert oldest.window_s == 600 and oldest.verdict == analysis_pb2.VERDICT_INCONCLUSIVE
+        assert json.loads(oldest.statistics)["cohorts"]["baseline"]["total"] == 10
+
+        assert [a.id for a in (await listed(subject="echo")).analyses] == [made[3], made[0]]
+        assert [a.id for a in (await listed(subject="*")).analyses] == [later, made[4], made[1]]
+        assert not (await listed(subject="colour")).analyses
+
+        for bad, says in (
+            ({"page_token": "not-a-token"}, "page_token"),
+            ({"page_size": -1}, "page_size"),
+            ({"page_size": 501}, "page_size"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await listed(**bad)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert says in (refused.value.details() or "")
     finally:
         await channel.close()
         await app.stop()

@@ -38,6 +38,7 @@ READS = {
     "GetReport",
     "ListInsights",
     "GetCanaryAnalysis",
+    "ListCanaryAnalyses",
 }
 OPERATES = {
     "SubmitTask",

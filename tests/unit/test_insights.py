@@ -10,12 +10,8 @@ from libs.common.errors import InvalidArgument
 from libs.common.events import make_event
 from services.analysis.detectors import Finding
 from services.analysis.history import fold
-from services.analysis.insights import (
-    Insight,
-    page_token,
-    parse_page_token,
-    reconcile,
-)
+from services.analysis.insights import Insight, reconcile
+from services.analysis.paging import page_token, parse_page_token
 from services.analysis.reports import percentile
 from services.task_agent.changes import task_event_data
 from services.task_agent.model import Priority, RetryPolicy, Task, TaskState

@@ -14,13 +14,14 @@ over the last `window_s` seconds and answers `{"id", "verdict", ...statistics}` 
     successCondition: result.verdict == "PASS"
     failureCondition: result.verdict == "FAIL"
 
-An INCONCLUSIVE verdict meets neither, so the rollout waits for the next measurement."""
+An INCONCLUSIVE verdict meets neither, so the rollout waits for the next measurement.
+`GET /v1/canary-analyses` lists past verdicts, newest first."""
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 
 from agentry.analysis.v1 import analysis_pb2
@@ -67,6 +68,11 @@ class CanaryOut(BaseModel):
         )
 
 
+class CanaryPage(BaseModel):
+    items: list[CanaryOut]
+    next_page_token: str | None
+
+
 @router.post("/canary-analyses", status_code=status.HTTP_201_CREATED, response_model=CanaryOut)
 async def analyze_canary(request: Request, body: CanaryIn, principal: Authorized) -> CanaryOut:
     services: Services = request.app.state.services
@@ -77,6 +83,30 @@ async def analyze_canary(request: Request, body: CanaryIn, principal: Authorized
         ),
     )
     return CanaryOut.from_proto(reply.analysis)
+
+
+@router.get("/canary-analyses", response_model=CanaryPage)
+async def list_canary_analyses(
+    request: Request,
+    principal: Authorized,
+    subject: Annotated[
+        str | None, Query(max_length=200, description='A task type, or "*" for all of them')
+    ] = None,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+    page_token: Annotated[str, Query(max_length=1000)] = "",
+) -> CanaryPage:
+    """Past verdicts, newest first."""
+    services: Services = request.app.state.services
+    reply = await services.call(
+        services.analysis.ListCanaryAnalyses,
+        analysis_pb2.ListCanaryAnalysesRequest(
+            subject=subject or "", page_size=page_size, page_token=page_token
+        ),
+    )
+    return CanaryPage(
+        items=[CanaryOut.from_proto(a) for a in reply.analyses],
+        next_page_token=reply.next_page_token or None,
+    )
 
 
 @router.get("/canary-analyses/{analysis_id}", response_model=CanaryOut)

@@ -420,6 +420,56 @@ class GetCanaryAnalysisResponse(_message.Message):
 Global___GetCanaryAnalysisResponse: _TypeAlias = GetCanaryAnalysisResponse  # noqa: Y015
 
 @_typing.final
+class ListCanaryAnalysesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Up to 500; 0 means 50."""
+    page_token: _builtins.str
+    subject: _builtins.str
+    """A task type, or "*" for the analyses over all of them; empty for every analysis."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCanaryAnalysesRequest: _TypeAlias = ListCanaryAnalysesRequest  # noqa: Y015
+
+@_typing.final
+class ListCanaryAnalysesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def analyses(self) -> _containers.RepeatedCompositeFieldContainer[Global___CanaryAnalysis]: ...
+    def __init__(
+        self,
+        *,
+        analyses: _abc.Iterable[Global___CanaryAnalysis] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyses", b"analyses", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCanaryAnalysesResponse: _TypeAlias = ListCanaryAnalysesResponse  # noqa: Y015
+
+@_typing.final
 class RunAnalysisRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -56,6 +56,11 @@ class AnalysisServiceStub:
                 request_serializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.GetCanaryAnalysisRequest.SerializeToString,
                 response_deserializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.GetCanaryAnalysisResponse.FromString,
                 _registered_method=True)
+        self.ListCanaryAnalyses = channel.unary_unary(
+                '/agentry.analysis.v1.AnalysisService/ListCanaryAnalyses',
+                request_serializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.ListCanaryAnalysesRequest.SerializeToString,
+                response_deserializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.ListCanaryAnalysesResponse.FromString,
+                _registered_method=True)
         self.RunAnalysis = channel.unary_unary(
                 '/agentry.analysis.v1.AnalysisService/RunAnalysis',
                 request_serializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.RunAnalysisRequest.SerializeToString,
@@ -92,6 +97,13 @@ class AnalysisServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCanaryAnalyses(self, request, context):
+        """Past canary verdicts, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RunAnalysis(self, request, context):
         """Analysis step types usable from workflows: analysis.describe, analysis.anomalies, analysis.patterns.
         """
@@ -121,6 +133,11 @@ def add_AnalysisServiceServicer_to_server(servicer, server):
                     servicer.GetCanaryAnalysis,
                     request_deserializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.GetCanaryAnalysisRequest.FromString,
                     response_serializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.GetCanaryAnalysisResponse.SerializeToString,
+            ),
+            'ListCanaryAnalyses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCanaryAnalyses,
+                    request_deserializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.ListCanaryAnalysesRequest.FromString,
+                    response_serializer=agentry_dot_analysis_dot_v1_dot_analysis__pb2.ListCanaryAnalysesResponse.SerializeToString,
             ),
             'RunAnalysis': grpc.unary_unary_rpc_method_handler(
                     servicer.RunAnalysis,
@@ -238,6 +255,33 @@ class AnalysisService:
             '/agentry.analysis.v1.AnalysisService/GetCanaryAnalysis',
             agentry_dot_analysis_dot_v1_dot_analysis__pb2.GetCanaryAnalysisRequest.SerializeToString,
             agentry_dot_analysis_dot_v1_dot_analysis__pb2.GetCanaryAnalysisResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCanaryAnalyses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentry.analysis.v1.AnalysisService/ListCanaryAnalyses',
+            agentry_dot_analysis_dot_v1_dot_analysis__pb2.ListCanaryAnalysesRequest.SerializeToString,
+            agentry_dot_analysis_dot_v1_dot_analysis__pb2.ListCanaryAnalysesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class AnalysisServiceStub:
     ListInsights: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.ListInsightsRequest, _analysis_pb2.ListInsightsResponse]
     AnalyzeCanary: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.AnalyzeCanaryRequest, _analysis_pb2.AnalyzeCanaryResponse]
     GetCanaryAnalysis: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.GetCanaryAnalysisRequest, _analysis_pb2.GetCanaryAnalysisResponse]
+    ListCanaryAnalyses: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.ListCanaryAnalysesRequest, _analysis_pb2.ListCanaryAnalysesResponse]
+    """Past canary verdicts, newest first."""
     RunAnalysis: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.RunAnalysisRequest, _analysis_pb2.RunAnalysisResponse]
     """Analysis step types usable from workflows: analysis.describe, analysis.anomalies, analysis.patterns."""
 
@@ -53,6 +55,8 @@ class AnalysisServiceAsyncStub(AnalysisServiceStub):
     ListInsights: _aio.UnaryUnaryMultiCallable[_analysis_pb2.ListInsightsRequest, _analysis_pb2.ListInsightsResponse]  # type: ignore[assignment]
     AnalyzeCanary: _aio.UnaryUnaryMultiCallable[_analysis_pb2.AnalyzeCanaryRequest, _analysis_pb2.AnalyzeCanaryResponse]  # type: ignore[assignment]
     GetCanaryAnalysis: _aio.UnaryUnaryMultiCallable[_analysis_pb2.GetCanaryAnalysisRequest, _analysis_pb2.GetCanaryAnalysisResponse]  # type: ignore[assignment]
+    ListCanaryAnalyses: _aio.UnaryUnaryMultiCallable[_analysis_pb2.ListCanaryAnalysesRequest, _analysis_pb2.ListCanaryAnalysesResponse]  # type: ignore[assignment]
+    """Past canary verdicts, newest first."""
     RunAnalysis: _aio.UnaryUnaryMultiCallable[_analysis_pb2.RunAnalysisRequest, _analysis_pb2.RunAnalysisResponse]  # type: ignore[assignment]
     """Analysis step types usable from workflows: analysis.describe, analysis.anomalies, analysis.patterns."""
 
@@ -88,6 +92,14 @@ class AnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analysis_pb2.GetCanaryAnalysisRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analysis_pb2.GetCanaryAnalysisResponse, _abc.Awaitable[_analysis_pb2.GetCanaryAnalysisResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCanaryAnalyses(
+        self,
+        request: _analysis_pb2.ListCanaryAnalysesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analysis_pb2.ListCanaryAnalysesResponse, _abc.Awaitable[_analysis_pb2.ListCanaryAnalysesResponse]]:
+        """Past canary verdicts, newest first."""
 
     @_abc_1.abstractmethod
     def RunAnalysis(

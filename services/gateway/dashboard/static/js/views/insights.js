@@ -17,7 +17,6 @@ const WINDOWS = [
   ["86400", "last day"],
 ];
 const BUCKETS = 12;
-const CANARY_KEY = "agentry.canaries";
 
 export async function render(section, _id, ctx) {
   const params = ctx.params;
@@ -201,19 +200,6 @@ async function loadInsights(box, ctx) {
   );
 }
 
-function remembered() {
-  try {
-    return JSON.parse(sessionStorage.getItem(CANARY_KEY) || "[]");
-  } catch {
-    return [];
-  }
-}
-
-function remember(id) {
-  const ids = [id, ...remembered().filter((x) => x !== id)].slice(0, 10);
-  sessionStorage.setItem(CANARY_KEY, JSON.stringify(ids));
-}
-
 function verdictView(a) {
   return h(
     "div",
@@ -229,22 +215,38 @@ function verdictView(a) {
   );
 }
 
-/** Recent verdicts are those this browser session ran or looked up: the API lists none. */
+/** Recent verdicts from GET /v1/canary-analyses, newest first; one opens below the list. */
 function renderCanaries(box, ctx) {
-  const results = h("div", { class: "verdicts" });
-  const show = async (id) => {
+  const list = h("div", { class: "list" });
+  const detail = h("div", { class: "verdict-detail" });
+  let pageToken = "";
+  const more = h("button", { type: "button", hidden: true, onclick: () => load(false) }, "More");
+  const open = (analysis) => clear(detail, verdictView(analysis));
+  const load = async (fresh) => {
+    let page;
     try {
-      const analysis = await api("GET", `/v1/canary-analyses/${encodeURIComponent(id)}`);
-      remember(analysis.id);
-      return analysis;
+      page = await api("GET", "/v1/canary-analyses", { params: { page_size: 20, page_token: fresh ? "" : pageToken } });
     } catch (err) {
-      showError(err, `canary analysis ${id}`);
-      return null;
+      showError(err, "canary verdicts");
+      return;
     }
-  };
-  const redraw = async () => {
-    const found = (await Promise.all(remembered().map(show))).filter(Boolean);
-    if (ctx.alive()) clear(results, found.length ? found.map(verdictView) : h("p", { class: "hint" }, "No verdicts looked up in this session yet."));
+    if (!ctx.alive()) return;
+    const rows = page.items.map((a) =>
+      h(
+        "tr",
+        { dataset: { analysis: a.id } },
+        h("td", {}, h("button", { type: "button", class: "link open-verdict", onclick: () => open(a) }, a.id.slice(0, 8))),
+        h("td", {}, badge(a.verdict)),
+        h("td", {}, h("code", {}, a.subject)),
+        h("td", {}, a.canary, " against ", a.baseline),
+        h("td", { class: "num" }, seconds(a.window_s)),
+        h("td", {}, when(a.created_at)),
+      ),
+    );
+    if (fresh) clear(list, table(["id", "verdict", "task type", "canary vs baseline", "window", "when"], rows, { class: "canary-list" }));
+    else list.querySelector("tbody").append(...rows);
+    pageToken = page.next_page_token || "";
+    more.hidden = !pageToken;
   };
   const lookup = h(
     "form",
@@ -253,7 +255,12 @@ function renderCanaries(box, ctx) {
       onsubmit: async (event) => {
         event.preventDefault();
         const id = new FormData(event.currentTarget).get("id").trim();
-        if (id && (await show(id))) redraw();
+        if (!id) return;
+        try {
+          open(await api("GET", `/v1/canary-analyses/${encodeURIComponent(id)}`));
+        } catch (err) {
+          showError(err, `canary analysis ${id}`);
+        }
       },
     },
     h("label", {}, "Verdict id ", h("input", { name: "id", size: 38, required: true })),
@@ -271,8 +278,8 @@ function renderCanaries(box, ctx) {
               const analysis = await api("POST", "/v1/canary-analyses", {
                 body: { subject: form.get("subject") || "*", baseline: form.get("baseline"), canary: form.get("canary"), window_s: Number(form.get("window_s")) },
               });
-              remember(analysis.id);
-              redraw();
+              open(analysis);
+              load(true);
             } catch (err) {
               showError(err, "canary analysis");
             }
@@ -285,6 +292,6 @@ function renderCanaries(box, ctx) {
         h("button", { type: "submit" }, "Compare"),
       )
     : null;
-  clear(box, lookup, analyze, results);
-  redraw();
+  clear(box, lookup, analyze, list, more, detail);
+  load(true);
 }
