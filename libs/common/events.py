@@ -2,6 +2,7 @@
 (nothing missed while a consumer restarts) and pub/sub for live fan-out."""
 
 import json
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -161,6 +162,9 @@ class EventConsumer:
         self._block_ms = block_ms
         self._min_idle_ms = min_idle_ms
         self._claim_cursor = b"0-0"
+        # When stale messages were last looked for: at most a few times per idle period,
+        # not on every read (a round trip each).
+        self._claimed_at = float("-inf")
 
     @property
     def group(self) -> str:
@@ -211,6 +215,10 @@ class EventConsumer:
             await self._redis.xack(self._stream, self._group, *[d.message_id for d in deliveries])
 
     async def _claim_stale(self) -> list[Delivery]:
+        now = time.monotonic()
+        if self._claim_cursor == b"0-0" and now - self._claimed_at < self._min_idle_ms / 4000:
+            return []
+        self._claimed_at = now
         cursor, messages, _ = await self._redis.xautoclaim(
             self._stream,
             self._group,

@@ -2,6 +2,7 @@
 a reconciler, schedules and event triggers), the outbound webhook subscriptions (events
 from the same stream delivered as webhooks) and the agent registry."""
 
+import asyncio
 import json
 import uuid
 from contextlib import AbstractContextManager
@@ -16,7 +17,14 @@ from agentry.workflows.v1 import workflows_pb2, workflows_pb2_grpc
 from libs.common import tracing
 from libs.common.crypto import keyring_from_settings
 from libs.common.db import create_engine
-from libs.common.events import EventBus, EventConsumer, event_data, event_time, events_of
+from libs.common.events import (
+    Delivery,
+    EventBus,
+    EventConsumer,
+    event_data,
+    event_time,
+    events_of,
+)
 from libs.common.lifecycle import AgentState
 from libs.common.metrics import follow_consumer
 from libs.common.redis_client import Keys, create_redis
@@ -43,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONSUMER_GROUP = "orchestrator"
+# Batches of events read from the stream and being handled at once.
+BATCHES_IN_HAND = 2
 _ENDS = {"task.succeeded": "SUCCEEDED", "task.failed": "FAILED", "task.cancelled": "CANCELLED"}
 
 
@@ -160,17 +170,42 @@ class OrchestratorApp(GrpcApp):
         the durable stream, in the group every orchestrator shares: each once, none lost
         across a crash."""
         await self._consumer.ensure_group()
-        while not self._stop.is_set():
-            deliveries = await self._consumer.read()
-            await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
-            events = events_of(deliveries)
-            if events:
-                with _consuming(events):
-                    await self.runs.tasks_ended(await self._ends(events))
-                    metrics.observe_step_overhead(_finish_times(events))
-                    await self._trigger(events)
-                    await self.webhooks.deliver(events)
-            await self._consumer.ack(deliveries)
+        # Two batches in hand: while one waits on Postgres and TaskService, the next is
+        # read and handled (the runs' row locks keep each run's changes in order).
+        in_hand = asyncio.Semaphore(BATCHES_IN_HAND)
+        handling: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+
+        def handled(task: asyncio.Task[None]) -> None:
+            handling.discard(task)
+            in_hand.release()
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # type: ignore[arg-type]
+
+        try:
+            while not self._stop.is_set():
+                await in_hand.acquire()
+                if failures:
+                    raise failures[0]  # the loop's supervisor logs it and starts it again
+                deliveries = await self._consumer.read()
+                await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
+                task = asyncio.create_task(self._handle(deliveries))
+                handling.add(task)
+                task.add_done_callback(handled)
+        finally:
+            await asyncio.gather(*handling, return_exceptions=True)
+
+    async def _handle(self, deliveries: list[Delivery]) -> None:
+        """One batch read from the stream; acknowledged once handled (a batch that fails
+        stays pending and is claimed again)."""
+        events = events_of(deliveries)
+        if events:
+            with _consuming(events):
+                await self.runs.tasks_ended(await self._ends(events))
+                metrics.observe_step_overhead(_finish_times(events))
+                await self._trigger(events)
+                await self.webhooks.deliver(events)
+        await self._consumer.ack(deliveries)
 
     async def _ends(self, events: list[events_pb2.Event]) -> list[tuple[uuid.UUID, TaskEnd]]:
         ends: list[tuple[uuid.UUID, TaskEnd]] = []

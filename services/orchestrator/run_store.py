@@ -4,7 +4,7 @@ the runs. Inputs and outputs are sealed with the data keys, bound to their row."
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +70,17 @@ class TaskEndLike(Protocol):
 
     @property
     def error(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run to insert."""
+
+    workflow: WorkflowRecord
+    input: Any
+    idempotency_key: str | None
+    deadline_s: float | None
+    trace_context: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,32 @@ class RunStore:
             else None
         )
 
+    async def workflows_asked(
+        self, asked: Collection[tuple[str, int]]
+    ) -> dict[tuple[str, int], WorkflowRecord]:
+        """The workflows of (name, version) pairs, version 0 meaning the latest, in one
+        query; a pair that names none is left out."""
+        if not asked:
+            return {}
+        names, versions = zip(*asked, strict=True)
+        query = (
+            "SELECT DISTINCT ON (q.name, q.version) q.version AS asked, w.name, w.version,"
+            " w.definition, w.created_at FROM orchestrator.workflows w"
+            " JOIN unnest(CAST(:names AS text[]), CAST(:versions AS int[])) AS q(name, version)"
+            " ON w.name = q.name AND (q.version = 0 OR w.version = q.version)"
+            " ORDER BY q.name, q.version, w.version DESC"
+        )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.text(query), {"names": list(names), "versions": list(versions)}
+            )
+            return {
+                (r.name, r.asked): WorkflowRecord(
+                    r.name, r.version, bytes(r.definition), r.created_at
+                )
+                for r in rows
+            }
+
     async def latest_workflows(self, after: str, limit: int) -> list[WorkflowRecord]:
         query = (
             "SELECT DISTINCT ON (name) name, version, definition, created_at"
@@ -182,6 +219,51 @@ class RunStore:
             ]
 
     # -- runs ----------------------------------------------------------------------------
+
+    async def insert_runs(self, new: Sequence["NewRun"]) -> list[tuple[RunRecord, bool]]:
+        """Runs (not child runs), in one statement and transaction: each the new run
+        (created=True), or the one that already holds its idempotency key."""
+        if not new:
+            return []
+        ids = [uuid.uuid4() for _ in new]
+        params = {
+            "ids": ids,
+            "workflows": [n.workflow.name for n in new],
+            "versions": [n.workflow.version for n in new],
+            "inputs": [self._seal(n.input, "runs.input", i) for n, i in zip(new, ids, strict=True)],
+            "keys": [n.idempotency_key for n in new],
+            "deadlines": [n.deadline_s for n in new],
+            "traces": [json.dumps(n.trace_context) for n in new],
+        }
+        async with self._engine.begin() as conn:
+            rows = await conn.execute(
+                sa.text(
+                    "INSERT INTO orchestrator.runs (id, workflow, version, state, input,"
+                    " idempotency_key, created_at, updated_at, deadline_at, depth, trace_context)"
+                    " SELECT id, w, v, 'RUNNING', i, k, now(), now(),"
+                    " now() + make_interval(secs => d), 0, t FROM unnest(CAST(:ids AS uuid[]),"
+                    " CAST(:workflows AS text[]), CAST(:versions AS int[]),"
+                    " CAST(:inputs AS bytea[]), CAST(:keys AS text[]),"
+                    " CAST(:deadlines AS float8[]), CAST(:traces AS jsonb[]))"
+                    " AS u(id, w, v, i, k, d, t)"
+                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+                ),
+                params,
+            )
+            created = {row.id: self._run(row) for row in rows}
+            # The others met a run holding their key (an earlier one, or one of this batch).
+            taken = [n.idempotency_key for n, i in zip(new, ids, strict=True) if i not in created]
+            existing = {}
+            if taken:
+                found = await conn.execute(
+                    sa.text("SELECT * FROM orchestrator.runs WHERE idempotency_key = ANY(:keys)"),
+                    {"keys": taken},
+                )
+                existing = {row.idempotency_key: self._run(row) for row in found}
+        return [
+            (created[i], True) if i in created else (existing[n.idempotency_key], False)
+            for n, i in zip(new, ids, strict=True)
+        ]
 
     async def _insert_run(
         self,
@@ -267,12 +349,6 @@ class RunStore:
     async def steps_of(self, run_id: uuid.UUID) -> tuple[list[StepTask], list[Mark]]:
         async with self._engine.connect() as conn:
             return (await _steps(conn, self, [run_id]))[run_id]
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator["RunTx"]:
-        """A transaction for new runs (a run it inserts is locked until it commits)."""
-        async with self._engine.begin() as conn:
-            yield RunTx(conn, self, [])
 
     @asynccontextmanager
     async def locked(self, run_ids: Sequence[uuid.UUID]) -> AsyncIterator["RunTx"]:

@@ -38,6 +38,7 @@ from services.orchestrator.definition import (
 )
 from services.orchestrator.run_store import (
     Mark,
+    NewRun,
     RunRecord,
     RunStore,
     RunTx,
@@ -115,20 +116,26 @@ class _Refused(Exception):
 
 
 class _Coalescer(Generic[T, R]):
-    """Calls made while a batch is under way wait, and go together in the next batch: under
-    load, one transaction and one SubmitTasks serve many callers (as a database's group
-    commit does); alone, a caller waits for nothing."""
+    """Calls made while batches are under way wait, and go together in the next batch:
+    under load, one transaction and one SubmitTasks serve many callers (as a database's
+    group commit does); alone, a caller waits for nothing. Two batches run at once, so one
+    is gathered and written while the other waits on Postgres or TaskService. A batch
+    answers each item, or an exception for that caller alone."""
 
-    def __init__(self, run_batch: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+    AT_ONCE = 2
+
+    def __init__(self, run_batch: Callable[[list[T]], Awaitable[list[R | Exception]]]) -> None:
         self._run_batch = run_batch
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._draining: asyncio.Task[None] | None = None
+        self._drains: set[asyncio.Task[None]] = set()
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._draining is None or self._draining.done():
-            self._draining = asyncio.create_task(self._drain())
+        if len(self._drains) < self.AT_ONCE:
+            drain = asyncio.create_task(self._drain())
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
@@ -141,16 +148,21 @@ class _Coalescer(Generic[T, R]):
                     future.set_exception(exc)
             else:
                 for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
 
 
 @dataclass(frozen=True)
 class _NewRun:
-    workflow: WorkflowRecord
-    defn: WorkflowDef
+    """A StartRun call's run, before its workflow is looked up."""
+
+    name: str
+    version: int
     input: Any
     idempotency_key: str | None
-    trace_context: dict[str, str]
+    trace: dict[str, str]
 
 
 @dataclass
@@ -238,34 +250,37 @@ class Runs:
     async def start(
         self, name: str, version: int, raw_input: bytes, idempotency_key: str
     ) -> tuple[RunRecord, bool]:
-        record = await self.workflow(name, version)
-        defn = await self._definition(record.name, record.version)
         try:
             run_input = json.loads(raw_input) if raw_input else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"the run's input is not JSON: {exc}") from None
         # The caller's trace, taken here: its start may go in a batch started by another call.
-        new = _NewRun(record, defn, run_input, idempotency_key or None, tracing.carrier())
+        new = _NewRun(name, version, run_input, idempotency_key or None, tracing.carrier())
         return await self._starts(new)
 
-    async def _start_many(self, news: list[_NewRun]) -> list[tuple[RunRecord, bool]]:
-        """Runs started together (StartRun calls that arrived while the previous batch was
-        being started): inserted in one transaction, then advanced together. The runs are
-        committed before their first tasks are submitted, so the end of a task that ran at
-        once finds its run."""
-        answers: list[tuple[RunRecord, bool]] = []
-        async with self._store.transaction() as tx:
-            for new in news:
-                answers.append(
-                    await tx.insert_run(
-                        new.workflow,
-                        new.input,
-                        new.idempotency_key,
-                        new.defn.timeout_s,
-                        new.trace_context,
-                    )
+    async def _start_many(self, news: list[_NewRun]) -> list[tuple[RunRecord, bool] | Exception]:
+        """Runs started together (StartRun calls that arrived while the previous batches
+        were being started): their workflows read in one query, the runs inserted in one
+        statement, then advanced together. The runs are committed before their first tasks
+        are submitted, so the end of a task that ran at once finds its run."""
+        records = await self._store.workflows_asked({(new.name, new.version) for new in news})
+        rows = []
+        for new in news:
+            record = records.get((new.name, new.version))
+            if record is not None:
+                defn = await self._definition(record.name, record.version)
+                rows.append(
+                    NewRun(record, new.input, new.idempotency_key, defn.timeout_s, new.trace)
                 )
-        created = [run for run, is_new in answers if is_new]
+        inserted = iter(await self._store.insert_runs(rows))
+        answers: list[tuple[RunRecord, bool] | Exception] = []
+        for new in news:
+            if (new.name, new.version) in records:
+                answers.append(next(inserted))
+            else:
+                which = f" version {new.version}" if new.version else ""
+                answers.append(NotFound(f"no workflow {new.name!r}{which}"))
+        created = [a[0] for a in answers if not isinstance(a, Exception) and a[1]]
         for run in created:
             metrics.RUNS_STARTED.labels(run.workflow).inc()
         started = [
@@ -277,8 +292,10 @@ class Runs:
         # A run whose plan ended it, or whose first tasks were refused, is read again.
         changed = {move.run.id for move in moves if move.ended or move.refused}
         return [
-            (await self._run(run.id) if run.id in changed else run, is_new)
-            for run, is_new in answers
+            a
+            if isinstance(a, Exception)
+            else (await self._run(a[0].id) if a[0].id in changed else a[0], a[1])
+            for a in answers
         ]
 
     async def _run(self, run_id: uuid.UUID) -> RunRecord:

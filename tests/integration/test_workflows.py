@@ -189,6 +189,28 @@ async def test_a_start_with_the_same_idempotency_key_is_the_same_run(workflows) 
     assert [r.id for r in listed.runs] == [first.run.id]
 
 
+async def test_starts_that_arrive_together_are_answered_each_on_its_own(workflows) -> None:
+    """StartRun calls at the same moment go in one batch: the same key still makes one run,
+    and an unknown workflow is refused to its caller alone."""
+    await register(workflows, SIGNUP)
+    body = {"user": 1, "images": [], "vip": False}
+    answers = await asyncio.gather(
+        *(start(workflows, "signup", body, key="order-7") for _ in range(4)),
+        *(start(workflows, "signup", body) for _ in range(3)),
+        start(workflows, "no-such-workflow", body),
+        return_exceptions=True,
+    )
+
+    *same, other1, other2, other3, unknown = answers
+    assert isinstance(unknown, grpc.aio.AioRpcError)
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-workflow" in unknown.details()
+    assert len({a.run.id for a in same}) == 1 and sum(a.created for a in same) == 1
+    assert len({a.run.id for a in [same[0], other1, other2, other3]}) == 4
+    for answer in [same[0], other1, other2, other3]:
+        assert (await until_ended(workflows, answer.run.id)).state == W.RUN_STATE_SUCCEEDED
+
+
 async def test_watch_streams_the_run_until_it_ends_and_events_tell_each_change(
     workflows, redis_url, redis_prefix
 ) -> None:
