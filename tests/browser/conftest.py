@@ -5,19 +5,14 @@ test-output/screenshots/ (git ignores it), and fails if the page threw or the
 Content-Security-Policy refused anything."""
 
 import shutil
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 
-from dev.embedded import free_port
-from dev.stack import Ports, Stack
 from tests.conftest import ROOT, create_database, drop_database
-from tests.secure import AUDIENCE, dev_secrets, person_token
+from tests.e2e.conftest import Platform, running_platform
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -41,50 +36,19 @@ def skip_without_a_browser() -> None:
         )
 
 
-@dataclass(frozen=True)
-class Platform:
-    stack: Stack
-    log_dir: Path
-
-    @property
-    def url(self) -> str:
-        return self.stack.gateway_url
-
-    def token(self, role: str) -> str:
-        return person_token(role, 900)
-
-    def client(self, role: str | None = "admin") -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token(role)}"} if role else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0)
-
-
 @pytest.fixture(scope="module")
 def platform(
     server_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
+    """The platform, once per module, on a database of its own."""
     database_url = create_database(server_urls[0])
-    log_dir = tmp_path_factory.mktemp("logs")
-    stack = Stack(
-        database_url,
-        server_urls[1],
-        Ports(free_port(), free_port(), free_port(), free_port()),
-        dev_secrets(),
-        env={
-            "AGENTRY_REDIS_PREFIX": f"browser-{uuid.uuid4().hex[:8]}",
-            "AGENTRY_JWT_AUDIENCE": AUDIENCE,
-            "AGENTRY_LOG_FORMAT": "json",
-            "AGENTRY_MIGRATE_ON_START": "false",
-        },
-        log_dir=log_dir,
-    )
     try:
-        stack.start()
-        stack.wait_ready()
-        yield Platform(stack, log_dir)
+        with running_platform(
+            database_url, server_urls[1], tmp_path_factory.mktemp("logs")
+        ) as running:
+            yield running
     finally:
-        codes = stack.stop()
         drop_database(server_urls[0], database_url)
-    assert codes == {name: 0 for name in codes}, f"unclean exits {codes}; logs in {log_dir}"
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,10 @@ class Platform:
     stack: Stack
     log_dir: Path
 
+    @property
+    def url(self) -> str:
+        return self.stack.gateway_url
+
     def token(self, role: str, ttl_s: float = 600) -> str:
         return person_token(role, ttl_s)
 

@@ -21,6 +21,7 @@ from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from dev.embedded import death_signal_hook, free_port
 from dev.stack import ROOT
 from libs.common.redis_client import Keys
+from tests.conftest import create_database, drop_database
 from tests.secure import call_metadata, dev_secrets, security_settings, sync_channel_to
 
 S = tasks_pb2
@@ -46,7 +47,10 @@ def _until(check, within: float, what: str):
 
 
 @pytest.fixture
-def two_agents(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict]:
+def two_agents(server_urls: tuple[str, str], redis_url: str, tmp_path: Path) -> Iterator[dict]:
+    """Two task agents on a database of their own: their reconcilers take up no other
+    test's due tasks."""
+    database_url = create_database(server_urls[0])
     prefix = f"e2e-crash-{uuid.uuid4().hex[:8]}"
     agents = {}
     for name in ("agent-a", "agent-b"):
@@ -84,6 +88,7 @@ def two_agents(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[di
             if agent["proc"].poll() is None:
                 agent["proc"].terminate()
             agent["proc"].wait(timeout=30)
+        drop_database(server_urls[0], database_url)
 
 
 def test_a_task_survives_the_kill_of_its_agent(two_agents, redis_url: str) -> None:
