@@ -32,10 +32,11 @@ class DevSettings(BaseSettings):
     task_agent_port: int = 50051
     orchestrator_port: int = 50052
     analysis_port: int = 50053
-    # Prometheus /metrics of the gRPC services (Kubernetes serves them on 9464).
+    # Prometheus /metrics of each service (Kubernetes serves them on 9464).
     task_agent_metrics_port: int = 9464
     orchestrator_metrics_port: int = 9465
     analysis_metrics_port: int = 9466
+    gateway_metrics_port: int = 9467
     token_ttl_s: float = 12 * 3600
     jwt_audience: str = "agentry-gateway"
 
@@ -101,6 +102,7 @@ def main() -> None:
             settings.task_agent_metrics_port,
             settings.orchestrator_metrics_port,
             settings.analysis_metrics_port,
+            settings.gateway_metrics_port,
         )
         stack = Stack(
             database_url,

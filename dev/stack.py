@@ -37,11 +37,11 @@ class Ports:
     orchestrator: int = 50052
     analysis: int = 50053
     gateway: int = 8080
-    # Prometheus /metrics of the gRPC services (the gateway serves it on its own port);
-    # None: any free port.
+    # Prometheus /metrics of each service (AGENTRY_METRICS_PORT); None: any free port.
     task_agent_metrics: int | None = None
     orchestrator_metrics: int | None = None
     analysis_metrics: int | None = None
+    gateway_metrics: int | None = None
 
     def grpc(self, service: str) -> int:
         port: int = getattr(self, service)
@@ -71,7 +71,9 @@ class Stack:
         # Readiness checks connect as the gateway: servers take no call without a certificate.
         self._probe_identity = AgentIdentity(secrets.tls_dir("gateway"), "gateway")
         self.gateway_url = f"http://127.0.0.1:{ports.gateway}"
-        self._metrics_ports = {s: ports.metrics(s) or free_port() for s in GRPC_SERVICES}
+        self._metrics_ports = {
+            s: ports.metrics(s) or free_port() for s in (*GRPC_SERVICES, "gateway")
+        }
         self._log_dir = log_dir
         self._env = {
             **os.environ,
@@ -104,13 +106,11 @@ class Stack:
             env["AGENTRY_HTTP_PORT"] = str(self.ports.gateway)
         else:
             env["AGENTRY_GRPC_PORT"] = str(self.ports.grpc(service))
-            env["AGENTRY_METRICS_PORT"] = str(self._metrics_ports[service])
+        env["AGENTRY_METRICS_PORT"] = str(self._metrics_ports[service])
         self.start_one(service, env)
 
     def metrics_url(self, service: str) -> str:
         """Where Prometheus reads the service's metrics."""
-        if service == "gateway":
-            return f"{self.gateway_url}/metrics"
         return f"http://127.0.0.1:{self._metrics_ports[service]}/metrics"
 
     def start_one(self, service: str, env: Mapping[str, str] | None = None) -> None:

@@ -34,8 +34,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     GRPC_ENABLE_FORK_SUPPORT=false \
     AGENTRY_LOG_FORMAT=json
 ENV AGENTRY_HTTP_HOST=0.0.0.0 \
-    AGENTRY_HTTP_PORT=8080
-EXPOSE 8080
+    AGENTRY_HTTP_PORT=8080 \
+    AGENTRY_METRICS_PORT=9464
+EXPOSE 8080 9464
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \
     CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:' + os.environ['AGENTRY_HTTP_PORT'] + '/readyz', timeout=3).status != 200)"]

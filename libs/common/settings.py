@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     version: str = "dev"
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
+    # Prometheus /metrics on this port, a listener of its own beside the service's (Kubernetes:
+    # 9464), on the service's listen host; None: no metrics server.
+    metrics_port: int | None = None
     # Each service migrates its own schema at start, under an advisory lock.
     migrate_on_start: bool = True
     # Keys that encrypt payloads and results at rest (JSON: {"write": kid, "keys": {kid:
@@ -68,8 +71,6 @@ class GrpcServerSettings(ServiceSettings):
     max_message_bytes: int = 4 * 1024 * 1024
     # The orchestrator's AgentRegistryService; empty: this agent does not register.
     registry_address: str = ""
-    # Prometheus /metrics on this port (Kubernetes: 9464); None: no metrics server.
-    metrics_port: int | None = None
     # A plaintext port that answers the gRPC health service alone, for probes that present
     # no client certificate (Kubernetes' `grpc:` probes); None: no such port.
     health_port: int | None = None

@@ -139,7 +139,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Around the whole middleware stack: each request's span is current in its handler and
     # in the gRPC calls it makes.
     FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="/metrics$,/healthz$,/readyz$", exclude_spans=["receive", "send"]
+        app, excluded_urls="/healthz$,/readyz$", exclude_spans=["receive", "send"]
     )
     describe_service("gateway", settings.version, security.identity)
     app.include_router(tasks.router)

@@ -1,12 +1,12 @@
 """The gateway's Prometheus metrics: requests by route template (never the raw path, which
-holds ids), method and status, their durations, the open WebSockets; and /metrics itself,
-which Prometheus reads without a token."""
+holds ids), method and status, their durations, the open WebSockets. They are served with
+the rest of the process's on AGENTRY_METRICS_PORT (main.py), never on the public HTTP port."""
 
 import time
 from typing import Any
 
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from fastapi import FastAPI
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter(
@@ -77,10 +77,4 @@ class HttpMetrics:
 
 
 def install(app: FastAPI) -> None:
-    """The middleware, and GET /metrics: no token (the policy guards routes that ask for
-    one; this one does not), and not in the OpenAPI document."""
     app.add_middleware(HttpMetrics)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -7,6 +7,7 @@ import uvicorn
 
 from libs.common.grpc_server import stop_on_signals
 from libs.common.logging import configure_logging
+from libs.common.metrics import serve_metrics
 from libs.common.tracing import configure_tracing, shutdown_tracing
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
@@ -22,6 +23,9 @@ class _Server(uvicorn.Server):
 
 
 async def serve(settings: GatewaySettings) -> None:
+    # A listener of its own, as every service's: the HTTP port is the public one.
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port, settings.http_host)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.http_host,

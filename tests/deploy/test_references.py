@@ -111,7 +111,10 @@ def test_ports_agree_between_settings_probes_services_and_clients() -> None:
         assert service_ports["metrics"]["port"] == ports["metrics"]
     gateway = _container(docs, "gateway")
     assert int(_value(gateway, "AGENTRY_HTTP_PORT")) == _ports(gateway)["http"] == 8080
-    assert services["gateway"]["spec"]["ports"][0]["port"] == 8080
+    # Metrics on a port of their own, as every service's: the HTTP port is the public one.
+    assert int(_value(gateway, "AGENTRY_METRICS_PORT")) == _ports(gateway)["metrics"] == 9464
+    gateway_ports = {p["name"]: p["port"] for p in services["gateway"]["spec"]["ports"]}
+    assert gateway_ports == {"http": 8080, "metrics": 9464}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert gateway[probe]["httpGet"]["port"] == "http"
     # Every address a service is given names a Service port that serves that service.
@@ -286,6 +289,22 @@ def test_the_network_policies_allow_exactly_the_calls_the_services_make() -> Non
     calls = _calls()
     assert ingress == calls, f"ingress allows {ingress - calls}, refuses {calls - ingress}"
     assert egress == calls, f"egress allows {egress - calls}, refuses {calls - egress}"
+
+
+def test_only_the_monitoring_namespace_reaches_the_metrics_ports() -> None:
+    """Metrics name task types, queues and versions: no public path to them, the gateway's
+    included."""
+    docs = render("prod")
+    namespace = {"kubernetes.io/metadata.name": "monitoring"}
+    monitoring = {"namespaceSelector": {"matchLabels": namespace}}
+    scraped = set()
+    for policy in of_kind(docs, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress") or []:
+            ports = rule.get("ports")  # none: every port
+            if ports is None or any(p["port"] == 9464 for p in ports):
+                assert rule.get("from") == [monitoring], policy["metadata"]["name"]
+                scraped.add(policy["metadata"]["name"])
+    assert scraped == set(SETTINGS)
 
 
 def test_each_certificate_names_its_service_s_identity() -> None:

@@ -47,6 +47,7 @@ def dev_run() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
         "AGENTRY_DEV_TASK_AGENT_METRICS_PORT": str(free_port()),
         "AGENTRY_DEV_ORCHESTRATOR_METRICS_PORT": str(free_port()),
         "AGENTRY_DEV_ANALYSIS_METRICS_PORT": str(free_port()),
+        "AGENTRY_DEV_GATEWAY_METRICS_PORT": str(free_port()),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "dev.run"],

@@ -127,10 +127,13 @@ def test_every_service_serves_what_the_catalogue_lists_and_nothing_else(
     catalogue = _catalogue()
     with platform.client("admin") as admin:
         _make_every_outcome(admin)
-    # /metrics needs no token, and is no part of the API's document.
+    # The gateway's metrics are on its metrics port, as every service's, and need no token
+    # there; its public HTTP port, which the internet reaches, does not serve them.
     anonymous = httpx.get(platform.stack.metrics_url("gateway"), timeout=5.0)
     assert anonymous.status_code == 200
+    assert httpx.get(f"{platform.url}/metrics", timeout=5.0).status_code == 404
     with platform.client("admin") as admin:
+        assert admin.get("/metrics").status_code == 404
         assert "/metrics" not in admin.get("/openapi.json").json()["paths"]
 
     def wrong() -> list[str]:
