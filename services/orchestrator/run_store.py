@@ -84,6 +84,16 @@ class NewRun:
 
 
 @dataclass(frozen=True)
+class RunEnd:
+    """How a run ended."""
+
+    run_id: uuid.UUID
+    state: RunState
+    output: Any = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class StartedStep:
     """The tasks (or child runs) one step of a run started, one per item."""
 
@@ -516,24 +526,28 @@ class RunTx:
         )
         return sorted({r.step for r in marks} | {r.step for r in tasks})
 
-    async def set_run(
-        self, run_id: uuid.UUID, state: RunState, output: Any = None, error: str = ""
-    ) -> None:
-        ended = state != RunState.RUNNING
+    async def end_runs(self, ends: Sequence[RunEnd]) -> None:
+        """Runs that ended (SUCCEEDED, FAILED or CANCELLED), in one statement."""
+        if not ends:
+            return
         await self._conn.execute(
             sa.text(
-                "UPDATE orchestrator.runs SET state = :state, output = :output, error = :error,"
-                " updated_at = now(), finished_at = CASE WHEN :ended THEN now() END"
-                " WHERE id = :id"
+                "UPDATE orchestrator.runs r SET state = v.state, output = v.output,"
+                " error = v.error, updated_at = now(), finished_at = now()"
+                " FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]),"
+                " CAST(:outputs AS bytea[]), CAST(:errors AS text[]))"
+                " AS v(id, state, output, error) WHERE r.id = v.id"
             ),
             {
-                "id": run_id,
-                "state": state.value,
-                "output": self._store._seal(output, "runs.output", run_id)
-                if output is not None
-                else None,
-                "error": error,
-                "ended": ended,
+                "ids": [e.run_id for e in ends],
+                "states": [e.state.value for e in ends],
+                "outputs": [
+                    self._store._seal(e.output, "runs.output", e.run_id)
+                    if e.output is not None
+                    else None
+                    for e in ends
+                ],
+                "errors": [e.error for e in ends],
             },
         )
 

@@ -39,6 +39,7 @@ from services.orchestrator.definition import (
 from services.orchestrator.run_store import (
     Mark,
     NewRun,
+    RunEnd,
     RunRecord,
     RunStore,
     RunTx,
@@ -413,14 +414,16 @@ class Runs:
                 move.cancelled += await tx.cancel_steps(run.id, plan.cancel)
                 move.events += [("step.cancelled", name, {}) for name in plan.cancel]
         await self._submit(tx, moves)
+        ended = []
         for move in moves:
             for start in move.plan.start:
                 if start.step.workflow:
                     await self._start_children(tx, move, start)
             plan = move.plan
             if plan.ended is not None:
-                await tx.set_run(move.run.id, plan.ended, plan.output, plan.error)
+                ended.append(RunEnd(move.run.id, plan.ended, plan.output, plan.error))
                 move.events.append((f"run.{plan.ended.lower()}", "", {"error": plan.error}))
+        await tx.end_runs(ended)
         await tx.touch([move.run.id for move in moves if not move.ended])
 
     async def _submit(self, tx: RunTx, moves: Sequence["_Move"]) -> None:
@@ -527,7 +530,7 @@ class Runs:
             steps = (await tx.steps([rid]))[rid]
             running = [n for n, v in _views(defn, *steps).items() if v.state == StepState.RUNNING]
             cancelled = await tx.cancel_steps(rid, running)
-            await tx.set_run(rid, RunState.CANCELLED, error="cancelled")
+            await tx.end_runs([RunEnd(rid, RunState.CANCELLED, error="cancelled")])
         metrics.RUNS_FINISHED.labels(run.workflow, RunState.CANCELLED.value).inc()
         events: list[Event] = [*(("step.cancelled", n, {}) for n in running)]
         await self._publish([(rid, [*events, ("run.cancelled", "", {})])])
