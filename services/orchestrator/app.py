@@ -46,6 +46,7 @@ from services.orchestrator.subscription_store import SubscriptionStore
 from services.orchestrator.subscriptions import Subscriptions
 from services.orchestrator.task_client import TaskClient, TaskEnd
 from services.orchestrator.workflow_servicer import WorkflowServicer
+from services.orchestrator.workflow_store import WorkflowStore
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +96,7 @@ class OrchestratorApp(GrpcApp):
         store = RunStore(self._engine, keyring)
         agent_store = self._agent_store = AgentStore(self._engine)
         self.agent_checks = AgentChecks(agent_store, security.identity, timeout_s=3.0)
-        self.runs = Runs(store, self.tasks, self.events)
+        self.runs = Runs(store, WorkflowStore(self._engine), self.tasks, self.events)
         subscription_store = SubscriptionStore(self._engine, keyring)
         self.webhooks = WebhookDeliveries(
             subscription_store,

@@ -1,10 +1,10 @@
-"""Workflow definitions, runs and steps in PostgreSQL (schema `orchestrator`). A run changes
-only under its row lock (`SELECT … FOR UPDATE`), so any number of orchestrators can share
-the runs. Inputs and outputs are sealed with the data keys, bound to their row."""
+"""Runs and their steps in PostgreSQL (schema `orchestrator`). A run changes only under its
+row lock (`SELECT … FOR UPDATE`), so any number of orchestrators can share the runs. Inputs
+and outputs are sealed with the data keys, bound to their row."""
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,14 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common.crypto import Keyring
 from services.orchestrator.dag import Item, RunState, StepState
-
-
-@dataclass(frozen=True)
-class WorkflowRecord:
-    name: str
-    version: int
-    definition: bytes
-    created_at: datetime
+from services.orchestrator.workflow_store import WorkflowRecord
 
 
 @dataclass(frozen=True)
@@ -148,85 +141,6 @@ class RunStore:
             depth=row.depth,
             trace_context=row.trace_context or {},
         )
-
-    # -- definitions ---------------------------------------------------------------------
-
-    async def add_workflow(self, name: str, definition: bytes) -> WorkflowRecord:
-        """A new version: one more than the latest (serialized per name by a lock)."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                sa.text("SELECT pg_advisory_xact_lock(hashtext('workflow:' || :name))"),
-                {"name": name},
-            )
-            row = (
-                await conn.execute(
-                    sa.text(
-                        "INSERT INTO orchestrator.workflows (name, version, definition)"
-                        " SELECT :name, coalesce(max(version), 0) + 1, :definition"
-                        " FROM orchestrator.workflows WHERE name = :name"
-                        " RETURNING name, version, definition, created_at"
-                    ),
-                    {"name": name, "definition": definition},
-                )
-            ).one()
-        return WorkflowRecord(row.name, row.version, bytes(row.definition), row.created_at)
-
-    async def workflow_names(self) -> set[str]:
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(sa.text("SELECT DISTINCT name FROM orchestrator.workflows"))
-            return {row.name for row in rows}
-
-    async def workflow(self, name: str, version: int = 0) -> WorkflowRecord | None:
-        query = (
-            "SELECT name, version, definition, created_at FROM orchestrator.workflows"
-            " WHERE name = :name AND (:version = 0 OR version = :version)"
-            " ORDER BY version DESC LIMIT 1"
-        )
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(sa.text(query), {"name": name, "version": version})).first()
-        return (
-            WorkflowRecord(row.name, row.version, bytes(row.definition), row.created_at)
-            if row
-            else None
-        )
-
-    async def workflows_asked(
-        self, asked: Collection[tuple[str, int]]
-    ) -> dict[tuple[str, int], WorkflowRecord]:
-        """The workflows of (name, version) pairs, version 0 meaning the latest, in one
-        query; a pair that names none is left out."""
-        if not asked:
-            return {}
-        names, versions = zip(*asked, strict=True)
-        query = (
-            "SELECT DISTINCT ON (q.name, q.version) q.version AS asked, w.name, w.version,"
-            " w.definition, w.created_at FROM orchestrator.workflows w"
-            " JOIN unnest(CAST(:names AS text[]), CAST(:versions AS int[])) AS q(name, version)"
-            " ON w.name = q.name AND (q.version = 0 OR w.version = q.version)"
-            " ORDER BY q.name, q.version, w.version DESC"
-        )
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                sa.text(query), {"names": list(names), "versions": list(versions)}
-            )
-            return {
-                (r.name, r.asked): WorkflowRecord(
-                    r.name, r.version, bytes(r.definition), r.created_at
-                )
-                for r in rows
-            }
-
-    async def latest_workflows(self, after: str, limit: int) -> list[WorkflowRecord]:
-        query = (
-            "SELECT DISTINCT ON (name) name, version, definition, created_at"
-            " FROM orchestrator.workflows WHERE name > :after"
-            " ORDER BY name, version DESC LIMIT :limit"
-        )
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(sa.text(query), {"after": after, "limit": limit})
-            return [
-                WorkflowRecord(r.name, r.version, bytes(r.definition), r.created_at) for r in rows
-            ]
 
     # -- runs ----------------------------------------------------------------------------
 

@@ -2,17 +2,17 @@
 happens under its row lock, and the tasks a step needs are submitted inside that lock with
 idempotency keys (run, step, item, attempt): an orchestrator that dies anywhere leaves a
 run another one (or its restart) advances from where it stood, and no step is dispatched
-twice."""
+twice. Runs move in batches: the task ends of one event read, or the StartRun calls that
+arrive together, go in one transaction holding all their locks."""
 
-import asyncio
 import contextlib
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -20,15 +20,12 @@ from libs.common import tracing
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.common.events import EventBus, make_events
 from services.orchestrator import metrics
+from services.orchestrator.coalescer import Coalescer
 from services.orchestrator.dag import (
-    Item,
-    Plan,
     RunState,
     Start,
     StepState,
     StepView,
-    plan_run,
-    view_step,
 )
 from services.orchestrator.definition import (
     WorkflowDef,
@@ -36,18 +33,17 @@ from services.orchestrator.definition import (
     load_definition,
     parse_definition,
 )
+from services.orchestrator.moves import Event, Move, plan_move, views_of
 from services.orchestrator.run_store import (
-    Mark,
     NewRun,
     RunEnd,
     RunRecord,
     RunStore,
     RunTx,
     StartedStep,
-    StepTask,
-    WorkflowRecord,
 )
 from services.orchestrator.task_client import TaskClient, TaskEnd, task_spec
+from services.orchestrator.workflow_store import WorkflowRecord, WorkflowStore
 
 log = structlog.get_logger(__name__)
 
@@ -56,12 +52,6 @@ log = structlog.get_logger(__name__)
 MAX_DEPTH = 8
 # Runs advanced in one transaction, at most.
 RUNS_PER_ADVANCE = 200
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-# A run's event before it is published: (type, step or "", data).
-Event = tuple[str, str, Any]
 
 
 @dataclass(frozen=True)
@@ -85,74 +75,8 @@ def _uuid(value: str, what: str) -> uuid.UUID:
         raise InvalidArgument(f"{what} {value!r} is not a UUID") from None
 
 
-def _with_ends(tasks: Sequence[StepTask], ends: Sequence[TaskEnd]) -> list[StepTask]:
-    """The steps' tasks once `ends` are recorded (as `RunTx.finish_tasks` records them)."""
-    by_task = {end.task_id: end for end in ends}
-    updated = []
-    for task in tasks:
-        end = by_task.get(task.task_id) if task.task_id else None
-        if end is not None and task.item.state == StepState.RUNNING:
-            state = StepState(end.state)
-            output = end.output if state == StepState.SUCCEEDED else None
-            task = replace(
-                task, item=replace(task.item, state=state, output=output, error=end.error)
-            )
-        updated.append(task)
-    return updated
-
-
-def _views(
-    defn: WorkflowDef, tasks: Sequence[StepTask], marks: Sequence[Mark]
-) -> dict[str, StepView]:
-    items: dict[str, list[Item]] = defaultdict(list)
-    for task in tasks:
-        items[task.step].append(task.item)
-    marked = {m.step: (m.state, m.error) for m in marks}
-    steps = [*defn.steps, *([defn.on_failure] if defn.on_failure else [])]
-    return {s.name: view_step(s, items[s.name], marked.get(s.name)) for s in steps}
-
-
 class _Refused(Exception):
     """TaskService refused a batch's tasks: the runs advance one by one instead."""
-
-
-class _Coalescer(Generic[T, R]):
-    """Calls made while batches are under way wait, and go together in the next batch:
-    under load, one transaction and one SubmitTasks serve many callers (as a database's
-    group commit does); alone, a caller waits for nothing. Two batches run at once, so one
-    is gathered and written while the other waits on Postgres or TaskService. A batch
-    answers each item, or an exception for that caller alone."""
-
-    AT_ONCE = 2
-
-    def __init__(self, run_batch: Callable[[list[T]], Awaitable[list[R | Exception]]]) -> None:
-        self._run_batch = run_batch
-        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._drains: set[asyncio.Task[None]] = set()
-
-    async def __call__(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if len(self._drains) < self.AT_ONCE:
-            drain = asyncio.create_task(self._drain())
-            self._drains.add(drain)
-            drain.add_done_callback(self._drains.discard)
-        return await asyncio.shield(future)
-
-    async def _drain(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                results = await self._run_batch([item for item, _ in batch])
-            except Exception as exc:  # each caller sees it, as if it had gone alone
-                for _, future in batch:
-                    future.set_exception(exc)
-            else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
 
 
 @dataclass(frozen=True)
@@ -166,77 +90,38 @@ class _NewRun:
     trace: dict[str, str]
 
 
-@dataclass
-class _Move:
-    """One run's advance: worked out from its plan, then written with other runs'."""
-
-    run: RunRecord
-    defn: WorkflowDef
-    plan: Plan
-    events: list[Event]
-    cancelled: list[tuple[str, uuid.UUID]] = field(default_factory=list)
-    children: list[uuid.UUID] = field(default_factory=list)
-    # TaskService refused the tasks of the steps it starts: they failed instead.
-    refused: bool = False
-
-    @property
-    def ended(self) -> bool:
-        return self.plan.ended is not None
-
-
-def _move(
-    run: RunRecord,
-    defn: WorkflowDef,
-    tasks: Sequence[StepTask],
-    marks: Sequence[Mark],
-    ends: Sequence[TaskEnd],
-) -> _Move:
-    """What advancing `run` does once `ends` are recorded (a run past its deadline fails,
-    its running steps cancelled)."""
-    before = _views(defn, tasks, marks)
-    views = _views(defn, _with_ends(tasks, ends), marks) if ends else before
-    events: list[Event] = [
-        (f"step.{view.state.lower()}", name, {"error": view.error})
-        for name, view in views.items()
-        if view.state != before[name].state and view.state != StepState.RUNNING
-    ]
-    if run.deadline_at is not None and run.deadline_at <= datetime.now(UTC):
-        running = [name for name, view in views.items() if view.state == StepState.RUNNING]
-        plan = Plan(ended=RunState.FAILED, error="the workflow timed out", cancel=running)
-    else:
-        plan = plan_run(defn, run.input, views)
-    return _Move(run, defn, plan, events)
-
-
 class Runs:
-    def __init__(self, store: RunStore, tasks: TaskClient, events: EventBus) -> None:
+    def __init__(
+        self, store: RunStore, workflows: WorkflowStore, tasks: TaskClient, events: EventBus
+    ) -> None:
         self._store = store
+        self._workflows = workflows
         self._tasks = tasks
         self._events = events
         self._definitions: dict[tuple[str, int], WorkflowDef] = {}
-        self._starts = _Coalescer(self._start_many)
+        self._starts = Coalescer(self._start_many)
 
     # -- definitions ---------------------------------------------------------------------
 
     async def register(self, name: str, raw: bytes) -> WorkflowRecord:
         defn = parse_definition(
-            name, raw, await self._tasks.task_types(), await self._store.workflow_names()
+            name, raw, await self._tasks.task_types(), await self._workflows.workflow_names()
         )
-        record = await self._store.add_workflow(name, dump_definition(defn))
+        record = await self._workflows.add_workflow(name, dump_definition(defn))
         await self._events.publish(
             "workflow.registered", f"workflow/{name}", {"name": name, "version": record.version}
         )
         return record
 
     async def workflow(self, name: str, version: int = 0) -> WorkflowRecord:
-        record = await self._store.workflow(name, version)
+        record = await self._workflows.workflow(name, version)
         if record is None:
             which = f" version {version}" if version else ""
             raise NotFound(f"no workflow {name!r}{which}")
         return record
 
     async def workflows(self, after: str, limit: int) -> list[WorkflowRecord]:
-        return await self._store.latest_workflows(after, limit)
+        return await self._workflows.latest_workflows(after, limit)
 
     async def _definition(self, name: str, version: int) -> WorkflowDef:
         key = (name, version)
@@ -264,7 +149,7 @@ class Runs:
         were being started): their workflows read in one query, the runs inserted in one
         statement, then advanced together. The runs are committed before their first tasks
         are submitted, so the end of a task that ran at once finds its run."""
-        records = await self._store.workflows_asked({(new.name, new.version) for new in news})
+        records = await self._workflows.workflows_asked({(new.name, new.version) for new in news})
         rows = []
         for new in news:
             record = records.get((new.name, new.version))
@@ -309,7 +194,7 @@ class Runs:
         run = await self._run(_uuid(run_id, "run id"))
         defn = await self._definition(run.workflow, run.version)
         tasks, marks = await self._store.steps_of(run.id)
-        views = _views(defn, tasks, marks)
+        views = views_of(defn, tasks, marks)
         details = []
         for name, view in views.items():
             mine = [t for t in tasks if t.step == name]
@@ -338,9 +223,7 @@ class Runs:
         """Records `ends` on their steps, then does what the run's plan says."""
         await self.advance_many({run_id: ends})
 
-    async def advance_many(
-        self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]
-    ) -> list["_Move"]:
+    async def advance_many(self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]) -> list[Move]:
         """Advances runs together, in one transaction that holds their locks: one read of
         their steps, one write of the ends, one SubmitTasks for every task their plans
         start, one write of those, one publish. A busy orchestrator's cost per step shrinks
@@ -358,20 +241,20 @@ class Runs:
 
     async def _advance_together(
         self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]
-    ) -> list["_Move"]:
-        moves: list[_Move] = []
+    ) -> list[Move]:
+        moves: list[Move] = []
         async with self._store.locked(list(ends_by_run)) as tx:
             running = [run for run in tx.runs if run.state == RunState.RUNNING]
             steps = await tx.steps([run.id for run in running])
             await tx.finish_tasks([end for run in running for end in ends_by_run[run.id]])
             for run in running:
                 defn = await self._definition(run.workflow, run.version)
-                moves.append(_move(run, defn, *steps[run.id], ends_by_run[run.id]))
+                moves.append(plan_move(run, defn, *steps[run.id], ends_by_run[run.id]))
             await self._carry_out(tx, moves)
         await self._after(moves)
         return moves
 
-    async def _after(self, moves: Sequence["_Move"]) -> None:
+    async def _after(self, moves: Sequence[Move]) -> None:
         """What follows the commit of moves: their events, the cancelled work stopped, the
         child runs they started advanced, parents told of runs that ended."""
         for move in moves:
@@ -403,7 +286,7 @@ class Runs:
                 with contextlib.suppress(FailedPrecondition):  # it ended meanwhile
                     await self.cancel(str(ident))
 
-    async def _carry_out(self, tx: RunTx, moves: Sequence["_Move"]) -> None:
+    async def _carry_out(self, tx: RunTx, moves: Sequence[Move]) -> None:
         """Writes what the runs' plans say, in the transaction holding their locks."""
         for move in moves:
             run, plan = move.run, move.plan
@@ -426,7 +309,7 @@ class Runs:
         await tx.end_runs(ended)
         await tx.touch([move.run.id for move in moves if not move.ended])
 
-    async def _submit(self, tx: RunTx, moves: Sequence["_Move"]) -> None:
+    async def _submit(self, tx: RunTx, moves: Sequence[Move]) -> None:
         """The tasks of every step the plans start, in one SubmitTasks call (idempotency
         keys make a resubmission after a crash find the same tasks)."""
         starts = [
@@ -460,7 +343,7 @@ class Runs:
             move.events.append(("step.started", start.step.name, {"tasks": len(mine)}))
         await tx.add_tasks(started)
 
-    async def _start_children(self, tx: RunTx, move: "_Move", start: Start) -> None:
+    async def _start_children(self, tx: RunTx, move: Move, start: Start) -> None:
         """A run of the step's workflow per item, keyed like tasks so a retried plan finds
         the same runs; they start once the parent's transaction has committed."""
         run, step = move.run, start.step
@@ -528,7 +411,7 @@ class Runs:
                 raise FailedPrecondition(f"run {run_id} is {run.state.value}, not RUNNING")
             defn = await self._definition(run.workflow, run.version)
             steps = (await tx.steps([rid]))[rid]
-            running = [n for n, v in _views(defn, *steps).items() if v.state == StepState.RUNNING]
+            running = [n for n, v in views_of(defn, *steps).items() if v.state == StepState.RUNNING]
             cancelled = await tx.cancel_steps(rid, running)
             await tx.end_runs([RunEnd(rid, RunState.CANCELLED, error="cancelled")])
         metrics.RUNS_FINISHED.labels(run.workflow, RunState.CANCELLED.value).inc()

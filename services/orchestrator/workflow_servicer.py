@@ -17,8 +17,9 @@ from agentry.workflows.v1 import workflows_pb2_grpc
 from libs.common.errors import InvalidArgument
 from libs.common.events import EventBus
 from services.orchestrator.dag import RunState
-from services.orchestrator.run_store import RunRecord, WorkflowRecord
+from services.orchestrator.run_store import RunRecord
 from services.orchestrator.runs import RunDetail, Runs
+from services.orchestrator.workflow_store import WorkflowRecord
 
 MAX_PAGE = 500
 
