@@ -79,7 +79,9 @@ async def test_old_minutes_become_hours_and_reports_over_them_stay_the_same(
             at = (hour + timedelta(minutes=minute)).timestamp()
             items += _items("render", at, 6, fail_every=3)
             items += _items("mail", at, 4, fail_every=5)
-    items += _items("render", (now - timedelta(minutes=2)).timestamp(), 6, fail_every=3)
+    # At a minute's start, so that its six tasks fall in that one minute.
+    recent = (now - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    items += _items("render", recent.timestamp(), 6, fail_every=3)
     await history.add(["1-0"], lambda fresh: fold(_events(items)), now)
     since = three_hours_ago - timedelta(minutes=1)
     before = {g: _shown(await history.totals_since(since, g)) for g in GROUPS}
