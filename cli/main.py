@@ -7,6 +7,7 @@
     agentry runs start|get|watch       workflow runs
     agentry report                     the analysis service's reports
     agentry insights                   anomalies and failure patterns it noticed
+    agentry canary analyze|list|get    canary verdicts (analyze exits by the verdict)
     agentry audit verify               the gateway checks the audit chain (admin token)
     agentry keys new|use|rotate        data keys (`agentry keys --help` on rotating)
 
@@ -17,7 +18,17 @@ import argparse
 import os
 import sys
 
-from cli.commands import audit, insights, keys, report, runs, tasks, token, workflows
+from cli.commands import (
+    audit,
+    canary,
+    insights,
+    keys,
+    report,
+    runs,
+    tasks,
+    token,
+    workflows,
+)
 from cli.gateway import CliError
 from cli.settings import CliSettings
 
@@ -39,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="AGENTRY_URL (default http://127.0.0.1:8080) and AGENTRY_TOKEN reach the gateway.",
     )
     commands = top.add_subparsers(metavar="COMMAND", required=True)
-    for area in (token, tasks, workflows, runs, report, insights, audit, keys):
+    for area in (token, tasks, workflows, runs, report, insights, canary, audit, keys):
         area.register(commands)
     return top
 

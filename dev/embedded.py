@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -46,10 +47,37 @@ class EmbeddedServerError(RuntimeError):
     """A server could not be prepared or started; the message says why (with its log tail)."""
 
 
+# Ports handed out by free_port in this process: never twice.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """Where the system's range for the local ports of outgoing connections starts."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free to listen on for a server about to start. Below the ephemeral range: a
+    port the system picked there (bind to 0) could become the local port of some outgoing
+    connection before the server binds it; and never one handed out before."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low) if low > 11_000 else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port found")
 
 
 def death_signal_hook(sig: signal.Signals) -> Callable[[], None]:

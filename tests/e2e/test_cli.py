@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from dev.stack import ROOT
+from tests.cohorts import analyze, cohort, publish_to
 from tests.secure import dev_secrets
 
 PIPELINE = """
@@ -275,3 +276,27 @@ def test_report_prints_a_table_and_json(platform) -> None:
     assert any(line.split()[0] == "echo" for line in table[1:])
     done = _agentry(platform, "report", "--group-by", "colour")
     assert done.returncode == 2
+
+
+def test_a_canary_verdict_gates_a_script_by_its_exit_code(platform) -> None:
+    type_ = f"canary-{uuid.uuid4().hex[:8]}"
+    # The canary fails half its tasks; the baseline none.
+    publish_to(platform.stack, cohort("2.0", type_, 60, 0) + cohort("2.1", type_, 60, 30))
+    body = {"subject": type_, "baseline": "2.0", "canary": "2.1", "window_s": 600}
+    with platform.client("operator") as operator:
+        analyze(operator, body)  # waits until the analysis service has read the events
+
+    judged = _agentry(
+        platform,
+        *("canary", "analyze", "--subject", type_, "--baseline", "2.0", "--canary", "2.1"),
+        role="operator",
+    )
+
+    assert judged.returncode == 3, judged.stdout + judged.stderr
+    assert judged.stdout.startswith(f"FAIL: 2.1 against 2.0 ({type_}, last 900 s)")
+    listed = _json(platform, "canary", "list", "--subject", type_, role="viewer")["items"]
+    assert [a["verdict"] for a in listed] == ["FAIL", "FAIL"]
+    shown = _json(platform, "canary", "get", listed[0]["id"], role="viewer")
+    assert shown["error_rate"] == listed[0]["error_rate"]
+    refused = _agentry(platform, "canary", "analyze", "--canary", "2.1", "--baseline", "2.1")
+    assert refused.returncode == 1 and "400" in _one_line_error(refused)
