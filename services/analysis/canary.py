@@ -22,7 +22,7 @@ from statistics import NormalDist
 from typing import Any, Protocol
 
 from libs.common.errors import InvalidArgument, NotFound
-from services.analysis.paging import Cursor, check_page_size, page_token, parse_page_token
+from libs.common.paging import Cursor, check_page_size, page_token, parse_page_token
 from services.analysis.reports import GroupTotals, percentile, ratio
 
 MIN_SAMPLES = 50
@@ -277,5 +277,5 @@ class Canaries:
         rows = await self._history.canary_analyses(after, limit + 1, subject or None)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_token = page_token((rows[-1].created_at, rows[-1].id)) if more else ""
+        next_token = page_token((rows[-1].created_at, uuid.UUID(rows[-1].id))) if more else ""
         return CanaryPage(rows, next_token)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from agentry.events.v1 import events_pb2
 from libs.common.errors import InvalidArgument
 from libs.common.events import make_event
+from libs.common.paging import Cursor, check_page_size, page_token, parse_page_token
 from services.analysis.detectors import (
     DEFAULT_TUNING,
     MINUTE,
@@ -37,7 +38,6 @@ from services.analysis.detectors import (
 )
 from services.analysis.failure_patterns import pattern_findings
 from services.analysis.history import minute_of
-from services.analysis.paging import Cursor, check_page_size, page_token, parse_page_token
 from services.analysis.reports import MAX_WINDOW_S
 
 STATES = ("open", "resolved")
@@ -247,7 +247,7 @@ class Insights:
         rows = await self._store.page(after, limit + 1, subject or None, check_state(state), since)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_token = page_token((rows[-1].created_at, rows[-1].id)) if more else ""
+        next_token = page_token((rows[-1].created_at, uuid.UUID(rows[-1].id))) if more else ""
         return Page(rows, next_token)
 
     async def evaluate(self, now: datetime) -> Changes | None:

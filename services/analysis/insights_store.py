@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from libs.common.paging import Cursor
 from services.analysis.detectors import MINUTE, Recent
 from services.analysis.insights import Changes, Insight
-from services.analysis.paging import Cursor
 from services.analysis.store import (
     agent_rollups,
     error_rollups,
@@ -142,7 +142,7 @@ class InsightStore:
         if after is not None:
             query = query.where(
                 sa.tuple_(insights.c.created_at, insights.c.id)
-                < sa.tuple_(sa.literal(after[0]), sa.literal(uuid.UUID(after[1])))
+                < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
             )
         if subject is not None:
             query = query.where(insights.c.subject == subject)

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from libs.common.paging import Cursor
 from services.analysis.canary import CanaryAnalysis, Verdict
 from services.analysis.history import Fold, Rollup, minute_of
-from services.analysis.paging import Cursor
 from services.analysis.reports import ErrorSignature, GroupTotals
 
 metadata = sa.MetaData(schema="analysis")
@@ -379,7 +379,7 @@ class HistoryStore:
         if after is not None:
             query = query.where(
                 sa.tuple_(canary_analyses.c.created_at, canary_analyses.c.id)
-                < sa.tuple_(sa.literal(after[0]), sa.literal(uuid.UUID(after[1])))
+                < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
             )
         if subject is not None:
             query = query.where(canary_analyses.c.subject == subject)

@@ -1,10 +1,8 @@
 """WorkflowService over gRPC: protobuf in, a call on the runs, protobuf out."""
 
 import asyncio
-import base64
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -14,14 +12,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentry.workflows.v1 import workflows_pb2 as W
 from agentry.workflows.v1 import workflows_pb2_grpc
-from libs.common.errors import InvalidArgument
 from libs.common.events import EventBus
+from libs.common.paging import check_page_size, page_token, parse_page_token
 from services.orchestrator.dag import RunState
 from services.orchestrator.run_store import RunRecord
 from services.orchestrator.runs import RunDetail, Runs
 from services.orchestrator.workflow_store import WorkflowRecord
-
-MAX_PAGE = 500
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:
@@ -74,27 +70,6 @@ def run_to_proto(run: RunRecord, detail: RunDetail | None = None) -> W.Run:
     return message
 
 
-def _page_size(value: int) -> int:
-    if value < 0 or value > MAX_PAGE:
-        raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}")
-    return value or 50
-
-
-def _run_token(run: RunRecord) -> str:
-    raw = f"{run.created_at.isoformat()}|{run.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _after(token: str) -> tuple[datetime, uuid.UUID] | None:
-    if not token:
-        return None
-    try:
-        at, run_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        return datetime.fromisoformat(at), uuid.UUID(run_id)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page_token is not one this service gave") from None
-
-
 class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
     def __init__(self, runs: Runs, events: EventBus) -> None:
         self._runs = runs
@@ -115,7 +90,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
     async def ListWorkflows(
         self, request: W.ListWorkflowsRequest, context: grpc.aio.ServicerContext
     ) -> W.ListWorkflowsResponse:
-        size = _page_size(request.page_size)
+        size = check_page_size(request.page_size)
         found = await self._runs.workflows(request.page_token, size)
         token = found[-1].name if len(found) == size else ""
         return W.ListWorkflowsResponse(
@@ -139,12 +114,14 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
     async def ListRuns(
         self, request: W.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> W.ListRunsResponse:
-        size = _page_size(request.page_size)
+        size = check_page_size(request.page_size)
         state = None
         if request.state:
             state = RunState(W.RunState.Name(request.state).removeprefix("RUN_STATE_"))
-        found = await self._runs.find(request.workflow, state, _after(request.page_token), size)
-        token = _run_token(found[-1]) if len(found) == size else ""
+        found = await self._runs.find(
+            request.workflow, state, parse_page_token(request.page_token), size
+        )
+        token = page_token((found[-1].created_at, found[-1].id)) if len(found) == size else ""
         return W.ListRunsResponse(runs=[run_to_proto(r) for r in found], next_page_token=token)
 
     async def CancelRun(

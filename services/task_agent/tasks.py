@@ -2,7 +2,6 @@
 Postgres, the dispatch streams and the event stream in step."""
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -10,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from libs.common.paging import page_token as next_page_token
+from libs.common.paging import parse_page_token
 from libs.common.tracing import carrier
 from services.task_agent.changes import TaskChanges
 from services.task_agent.dead_letter_store import DeadLetterStore
@@ -169,12 +170,12 @@ class Tasks:
         page_token: str,
     ) -> tuple[list[Task], str]:
         size = min(page_size or 50, MAX_PAGE)
-        after = _decode_cursor(page_token) if page_token else None
+        after = parse_page_token(page_token)
         found = await self._store.list_tasks(state, type_, queue, size + 1, after)
         if len(found) <= size:
             return found, ""
         last = found[size - 1]
-        return found[:size], _encode_cursor(last.created_at, last.id)
+        return found[:size], next_page_token((last.created_at, last.id))
 
     async def cancel(self, task_id: str, reason: str) -> Task:
         task = await self._store.cancel(parse_id(task_id), reason or "cancelled by request")
@@ -257,15 +258,3 @@ class Tasks:
 
     async def queue_stats(self) -> list[tuple[str, int, float, int]]:
         return await self._store.queue_stats()
-
-
-def _encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
-    return json.dumps([created_at.isoformat(), str(task_id)]).encode().hex()
-
-
-def _decode_cursor(token: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, task_id = json.loads(bytes.fromhex(token))
-        return datetime.fromisoformat(created), uuid.UUID(task_id)
-    except (ValueError, TypeError):
-        raise InvalidArgument("page_token is not valid") from None

@@ -1,6 +1,8 @@
 """One incident is one insight: the lifecycle of insights across rounds, the page tokens a
 client hands back, and the queue lag the task agent's events carry."""
 
+import base64
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -8,10 +10,10 @@ import pytest
 
 from libs.common.errors import InvalidArgument
 from libs.common.events import make_event
+from libs.common.paging import page_token, parse_page_token
 from services.analysis.detectors import Finding
 from services.analysis.history import fold
 from services.analysis.insights import Insight, reconcile
-from services.analysis.paging import page_token, parse_page_token
 from services.analysis.reports import percentile
 from services.task_agent.changes import task_event_data
 from services.task_agent.model import Priority, RetryPolicy, Task, TaskState
@@ -74,10 +76,12 @@ def test_an_open_insight_keeps_its_worst_severity_and_grows_its_window() -> None
 
 
 def test_page_tokens_come_back_as_given_and_bad_ones_are_refused() -> None:
-    cursor = (T0, "9a1e7bb2-61a4-4d8d-9f6e-0d0c6b2b8a11")
+    cursor = (T0, uuid.UUID("9a1e7bb2-61a4-4d8d-9f6e-0d0c6b2b8a11"))
     assert parse_page_token(page_token(cursor)) == cursor
     assert parse_page_token("") is None
-    for bad in ("not-a-token", page_token((T0, "nope")), "eyJ9"):
+    # A token of another shape, even one whose id is a number, is refused too.
+    numbered = base64.urlsafe_b64encode(json.dumps([T0.isoformat(), 5]).encode()).decode()
+    for bad in ("not-a-token", page_token((T0, "nope")), "eyJ9", numbered):
         with pytest.raises(InvalidArgument, match="page_token"):
             parse_page_token(bad)
 

@@ -12,11 +12,11 @@ from libs.common.errors import InvalidArgument
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
-Cursor = tuple[datetime, str]
+Cursor = tuple[datetime, uuid.UUID]
 
 
 def page_token(cursor: Cursor) -> str:
-    raw = json.dumps([cursor[0].isoformat(), cursor[1]]).encode()
+    raw = json.dumps([cursor[0].isoformat(), str(cursor[1])]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -26,8 +26,8 @@ def parse_page_token(token: str) -> Cursor | None:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         created, row_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(uuid.UUID(row_id))
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        return datetime.fromisoformat(created), uuid.UUID(row_id)
+    except (ValueError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument(
             "page_token is not one this service gave out: pass the next_page_token of an"
             " earlier answer, or none for the first page"
