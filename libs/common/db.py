@@ -1,6 +1,11 @@
 """PostgreSQL through SQLAlchemy 2 async on psycopg 3. No session state outlives a
 transaction, so the same code runs behind a transaction-mode pooler."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -24,3 +29,15 @@ def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
         # Prepared statements do not survive a transaction-mode pooler.
         connect_args={"prepare_threshold": None},
     )
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A pooled connection's psycopg connection itself, in autocommit mode (a statement is
+    its own transaction; `transaction()` opens one). For the hot statements: SQLAlchemy's
+    per-statement and per-row work is a good part of their cost, and psycopg's pipeline
+    mode sends several statements in one round trip."""
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as conn:
+        raw = await conn.get_raw_connection()
+        yield raw.driver_connection  # type: ignore[misc]

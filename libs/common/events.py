@@ -49,6 +49,11 @@ def make_events(items: Sequence[tuple[str, str, Any]], source: str) -> list[even
     ]
 
 
+def sealed_result_aad(task_id: uuid.UUID) -> bytes:
+    """What binds a task.succeeded event's sealed result to its task."""
+    return b"event.sealed_result:" + task_id.bytes
+
+
 def event_data(event: events_pb2.Event) -> Any:
     """The event's data, decoded; None when it has none or it is not JSON."""
     if not event.data:

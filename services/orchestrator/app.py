@@ -8,6 +8,7 @@ import uuid
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -15,7 +16,7 @@ from agentry.agents.v1 import agents_pb2, agents_pb2_grpc
 from agentry.events.v1 import events_pb2
 from agentry.workflows.v1 import workflows_pb2, workflows_pb2_grpc
 from libs.common import tracing
-from libs.common.crypto import keyring_from_settings
+from libs.common.crypto import Undecryptable, keyring_from_settings
 from libs.common.db import create_engine
 from libs.common.events import (
     Delivery,
@@ -24,6 +25,7 @@ from libs.common.events import (
     event_data,
     event_time,
     events_of,
+    sealed_result_aad,
 )
 from libs.common.lifecycle import AgentState
 from libs.common.metrics import follow_consumer
@@ -54,6 +56,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 CONSUMER_GROUP = "orchestrator"
 # Batches of events read from the stream and being handled at once.
 BATCHES_IN_HAND = 2
+# A task.succeeded event that carries no result the orchestrator can open.
+_NOT_CARRIED = object()
 _ENDS = {"task.succeeded": "SUCCEEDED", "task.failed": "FAILED", "task.cancelled": "CANCELLED"}
 
 
@@ -92,7 +96,7 @@ class OrchestratorApp(GrpcApp):
         self.tasks = TaskClient(
             settings.task_service_address, security.identity, settings.rpc_timeout_s
         )
-        keyring = keyring_from_settings(settings)
+        keyring = self._keyring = keyring_from_settings(settings)
         store = RunStore(self._engine, keyring)
         agent_store = self._agent_store = AgentStore(self._engine)
         self.agent_checks = AgentChecks(agent_store, security.identity, timeout_s=3.0)
@@ -221,13 +225,29 @@ class OrchestratorApp(GrpcApp):
                 continue
             task_id = uuid.UUID(data["id"])
             if state == "SUCCEEDED":
-                succeeded[task_id] = uuid.UUID(run)  # its result is read from TaskService
+                output = self._carried_result(event, task_id)
+                if output is _NOT_CARRIED:
+                    succeeded[task_id] = uuid.UUID(run)  # its result is read from TaskService
+                else:
+                    ends.append((uuid.UUID(run), TaskEnd(task_id, state, output)))
             else:
                 error = data.get("error") or data.get("reason") or state.lower()
                 ends.append((uuid.UUID(run), TaskEnd(task_id, state, error=error)))
         for end in await self.tasks.ends(list(succeeded)):
             ends.append((succeeded[end.task_id], end))
         return ends
+
+    def _carried_result(self, event: events_pb2.Event, task_id: uuid.UUID) -> Any:
+        """The result a task.succeeded event carries sealed, or _NOT_CARRIED (too large to
+        carry, or sealed with a key this orchestrator does not hold)."""
+        if not event.sealed_result:
+            return _NOT_CARRIED
+        try:
+            return json.loads(
+                self._keyring.decrypt(event.sealed_result, sealed_result_aad(task_id))
+            )
+        except Undecryptable:
+            return _NOT_CARRIED
 
     async def _trigger(self, events: list[events_pb2.Event]) -> None:
         for event in events:

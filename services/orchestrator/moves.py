@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from agentry.tasks.v1 import tasks_pb2
 from services.orchestrator.dag import (
     Item,
     Plan,
@@ -19,17 +20,23 @@ from services.orchestrator.dag import (
 )
 from services.orchestrator.definition import WorkflowDef
 from services.orchestrator.run_store import Mark, RunRecord, StepTask
-from services.orchestrator.task_client import TaskEnd
+from services.orchestrator.task_client import LOST, TaskEnd
 
 # A run's event before it is published: (type, step or "", data).
 Event = tuple[str, str, Any]
 
 
 def _with_ends(tasks: Sequence[StepTask], ends: Sequence[TaskEnd]) -> list[StepTask]:
-    """The steps' tasks once `ends` are recorded (as `RunTx.finish_tasks` records them)."""
+    """The steps' tasks once `ends` are recorded (as `RunTx.finish_tasks` records them).
+    A step with a LOST task is left without tasks: the plan starts it again, with the
+    same keys, and so the same tasks where some of them did reach TaskService."""
     by_task = {end.task_id: end for end in ends}
+    lost_ids = {end.task_id for end in ends if end.state == LOST}
+    lost = {task.step for task in tasks if task.task_id in lost_ids}
     updated = []
     for task in tasks:
+        if task.step in lost:
+            continue
         end = by_task.get(task.task_id) if task.task_id else None
         if end is not None and task.item.state == StepState.RUNNING:
             state = StepState(end.state)
@@ -62,7 +69,9 @@ class Move:
     events: list[Event]
     cancelled: list[tuple[str, uuid.UUID]] = field(default_factory=list)
     children: list[uuid.UUID] = field(default_factory=list)
-    # TaskService refused the tasks of the steps it starts: they failed instead.
+    # The tasks of the steps it starts, submitted once the move is committed.
+    specs: list[tasks_pb2.TaskSpec] = field(default_factory=list)
+    # TaskService refused those tasks: they failed instead.
     refused: bool = False
 
     @property
@@ -84,7 +93,8 @@ def plan_move(
     events: list[Event] = [
         (f"step.{view.state.lower()}", name, {"error": view.error})
         for name, view in views.items()
-        if view.state != before[name].state and view.state != StepState.RUNNING
+        if view.state != before[name].state
+        and view.state not in (StepState.RUNNING, StepState.PENDING)
     ]
     if run.deadline_at is not None and run.deadline_at <= datetime.now(UTC):
         running = [name for name, view in views.items() if view.state == StepState.RUNNING]

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import psycopg
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from psycopg.rows import namedtuple_row
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.common.crypto import Keyring
+from libs.common.db import driver_connection
 from services.orchestrator.dag import Item, RunState, StepState
 from services.orchestrator.workflow_store import WorkflowRecord
 
@@ -145,8 +148,8 @@ class RunStore:
     # -- runs ----------------------------------------------------------------------------
 
     async def insert_runs(self, new: Sequence["NewRun"]) -> list[tuple[RunRecord, bool]]:
-        """Runs (not child runs), in one statement and transaction: each the new run
-        (created=True), or the one that already holds its idempotency key."""
+        """Runs (not child runs), in one statement: each the new run (created=True), or the
+        one that already holds its idempotency key."""
         if not new:
             return []
         ids = [uuid.uuid4() for _ in new]
@@ -159,82 +162,18 @@ class RunStore:
             "deadlines": [n.deadline_s for n in new],
             "traces": [json.dumps(n.trace_context) for n in new],
         }
-        async with self._engine.begin() as conn:
-            rows = await conn.execute(
-                sa.text(
-                    "INSERT INTO orchestrator.runs (id, workflow, version, state, input,"
-                    " idempotency_key, created_at, updated_at, deadline_at, depth, trace_context)"
-                    " SELECT id, w, v, 'RUNNING', i, k, now(), now(),"
-                    " now() + make_interval(secs => d), 0, t FROM unnest(CAST(:ids AS uuid[]),"
-                    " CAST(:workflows AS text[]), CAST(:versions AS int[]),"
-                    " CAST(:inputs AS bytea[]), CAST(:keys AS text[]),"
-                    " CAST(:deadlines AS float8[]), CAST(:traces AS jsonb[]))"
-                    " AS u(id, w, v, i, k, d, t)"
-                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
-                ),
-                params,
-            )
-            created = {row.id: self._run(row) for row in rows}
+        async with driver_connection(self._engine) as conn:
+            created = {row.id: self._run(row) for row in await _fetch(conn, _INSERT_RUNS, params)}
             # The others met a run holding their key (an earlier one, or one of this batch).
             taken = [n.idempotency_key for n, i in zip(new, ids, strict=True) if i not in created]
             existing = {}
             if taken:
-                found = await conn.execute(
-                    sa.text("SELECT * FROM orchestrator.runs WHERE idempotency_key = ANY(:keys)"),
-                    {"keys": taken},
-                )
+                found = await _fetch(conn, _RUNS_BY_KEY, {"keys": taken})
                 existing = {row.idempotency_key: self._run(row) for row in found}
         return [
             (created[i], True) if i in created else (existing[n.idempotency_key], False)
             for n, i in zip(new, ids, strict=True)
         ]
-
-    async def _insert_run(
-        self,
-        conn: AsyncConnection,
-        workflow: WorkflowRecord,
-        run_input: Any,
-        idempotency_key: str | None,
-        deadline_s: float | None,
-        parent: tuple[uuid.UUID, str, int] | None,
-        trace_context: dict[str, str],
-    ) -> tuple[RunRecord, bool]:
-        parent_run, parent_step, depth = parent or (None, None, 0)
-        run_id = uuid.uuid4()
-        row = (
-            await conn.execute(
-                sa.text(
-                    "INSERT INTO orchestrator.runs (id, workflow, version, state, input,"
-                    " idempotency_key, created_at, updated_at, deadline_at, parent_run_id,"
-                    " parent_step, depth, trace_context)"
-                    " VALUES (:id, :workflow, :version, 'RUNNING', :input, :key, now(), now(),"
-                    " now() + make_interval(secs => :deadline), :parent_run, :parent_step,"
-                    " :depth, CAST(:trace_context AS jsonb))"
-                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
-                ),
-                {
-                    "id": run_id,
-                    "workflow": workflow.name,
-                    "version": workflow.version,
-                    "input": self._seal(run_input, "runs.input", run_id),
-                    "key": idempotency_key,
-                    "deadline": deadline_s,
-                    "parent_run": parent_run,
-                    "parent_step": parent_step,
-                    "depth": depth,
-                    "trace_context": json.dumps(trace_context),
-                },
-            )
-        ).first()
-        if row is not None:
-            return self._run(row), True
-        existing = (
-            await conn.execute(
-                sa.text("SELECT * FROM orchestrator.runs WHERE idempotency_key = :key"),
-                {"key": idempotency_key},
-            )
-        ).one()
-        return self._run(existing), False
 
     async def run(self, run_id: uuid.UUID) -> RunRecord | None:
         async with self._engine.connect() as conn:
@@ -271,22 +210,38 @@ class RunStore:
             return [self._run(row) for row in await conn.execute(sa.text(query), params)]
 
     async def steps_of(self, run_id: uuid.UUID) -> tuple[list[StepTask], list[Mark]]:
-        async with self._engine.connect() as conn:
-            return (await _steps(conn, self, [run_id]))[run_id]
+        async with driver_connection(self._engine) as conn:
+            params = {"ids": [run_id]}
+            tasks = await _fetch(conn, _STEP_TASKS, params)
+            marks = await _fetch(conn, _STEP_MARKS, params)
+        return self._steps([run_id], tasks, marks)[run_id]
 
     @asynccontextmanager
     async def locked(self, run_ids: Sequence[uuid.UUID]) -> AsyncIterator["RunTx"]:
         """A transaction holding the row locks of those of `run_ids` that exist, taken in id
-        order: two transactions locking overlapping sets wait for each other, never
-        deadlock."""
-        async with self._engine.begin() as conn:
-            rows = await conn.execute(
-                sa.text(
-                    "SELECT * FROM orchestrator.runs WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
-                ),
-                {"ids": list(run_ids)},
+        order (two transactions locking overlapping sets wait for each other, never
+        deadlock), with their steps read once the locks are held.
+
+        It runs in a pipeline, so that an advance is two round trips to the server: the
+        locks and the reads go together, and the writes go with the commit (their errors
+        surface there, and roll it all back)."""
+        ids = {"ids": sorted(set(run_ids))}
+        async with (
+            driver_connection(self._engine) as conn,
+            conn.pipeline(),
+            conn.transaction(),
+        ):
+            runs = conn.cursor(row_factory=namedtuple_row)
+            tasks = conn.cursor(row_factory=namedtuple_row)
+            marks = conn.cursor(row_factory=namedtuple_row)
+            await runs.execute(_LOCK_RUNS, ids)
+            await tasks.execute(_STEP_TASKS, ids)
+            await marks.execute(_STEP_MARKS, ids)
+            found = [self._run(row) for row in await runs.fetchall()]
+            steps = self._steps(
+                [run.id for run in found], await tasks.fetchall(), await marks.fetchall()
             )
-            yield RunTx(conn, self, [self._run(row) for row in rows])
+            yield RunTx(conn, self, found, steps)
 
     async def stale_runs(self, older_than_s: float, limit: int) -> list[uuid.UUID]:
         """Running runs nobody changed for a while (a completion may have been lost), or
@@ -300,36 +255,77 @@ class RunStore:
             rows = await conn.execute(sa.text(query), {"age": older_than_s, "limit": limit})
             return [row.id for row in rows]
 
+    def _steps(
+        self, run_ids: Sequence[uuid.UUID], tasks: Sequence[Any], marks: Sequence[Any]
+    ) -> dict[uuid.UUID, tuple[list[StepTask], list[Mark]]]:
+        """The steps' tasks and marks of each of `run_ids`, from their rows."""
+        found: dict[uuid.UUID, tuple[list[StepTask], list[Mark]]] = {r: ([], []) for r in run_ids}
+        for row in tasks:
+            if row.run_id not in found:
+                continue
+            output = (
+                self._open(row.output, "step_tasks.output", row.task_id)
+                if row.output is not None
+                else None
+            )
+            item = Item(row.item, row.attempt, StepState(row.state), output, row.error)
+            found[row.run_id][0].append(
+                StepTask(row.step, row.task_id, item, row.started_at, row.finished_at)
+            )
+        for row in marks:
+            if row.run_id in found:
+                found[row.run_id][1].append(Mark(row.step, StepState(row.state), row.error, row.at))
+        return found
+
 
 class RunTx:
-    """Reads and writes of runs inside the transaction that holds their locks."""
+    """Reads and writes of runs inside the transaction that holds their locks. The writes
+    are sent as they are made and answered with the commit."""
 
-    def __init__(self, conn: AsyncConnection, store: RunStore, runs: list[RunRecord]) -> None:
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        store: RunStore,
+        runs: list[RunRecord],
+        steps: dict[uuid.UUID, tuple[list[StepTask], list[Mark]]],
+    ) -> None:
         self._conn = conn
         self._store = store
-        # The runs as they were when their locks were taken, in id order.
+        # The runs as they were when their locks were taken, in id order, and their steps.
         self.runs = runs
-
-    async def steps(
-        self, run_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, tuple[list[StepTask], list[Mark]]]:
-        return await _steps(self._conn, self._store, run_ids)
+        self.steps = steps
 
     async def insert_run(
         self,
         workflow: WorkflowRecord,
         run_input: Any,
-        idempotency_key: str | None,
+        idempotency_key: str,
         deadline_s: float | None,
         trace_context: dict[str, str],
-        parent: tuple[uuid.UUID, str, int] | None = None,
+        parent: tuple[uuid.UUID, str, int],
     ) -> tuple[RunRecord, bool]:
-        """The new run (created=True), or the one that already holds the idempotency key. A
-        child run is inserted in its parent's transaction (its row references the locked
-        parent: from another transaction it would wait for the parent's lock)."""
-        return await self._store._insert_run(
-            self._conn, workflow, run_input, idempotency_key, deadline_s, parent, trace_context
-        )
+        """A child run: the new one (created=True), or the one that already holds the
+        idempotency key. It is inserted in its parent's transaction (its row references the
+        locked parent: from another transaction it would wait for the parent's lock)."""
+        parent_run, parent_step, depth = parent
+        run_id = uuid.uuid4()
+        params = {
+            "id": run_id,
+            "workflow": workflow.name,
+            "version": workflow.version,
+            "input": self._store._seal(run_input, "runs.input", run_id),
+            "key": idempotency_key,
+            "deadline": deadline_s,
+            "parent_run": parent_run,
+            "parent_step": parent_step,
+            "depth": depth,
+            "trace_context": json.dumps(trace_context),
+        }
+        rows = await _fetch(self._conn, _INSERT_CHILD_RUN, params)
+        if rows:
+            return self._store._run(rows[0]), True
+        [existing] = await _fetch(self._conn, _RUNS_BY_KEY, {"keys": [idempotency_key]})
+        return self._store._run(existing), False
 
     async def add_tasks(self, started: Sequence[StartedStep]) -> None:
         """The tasks (or child runs) steps now run, replacing an earlier attempt's: one
@@ -345,16 +341,14 @@ class RunTx:
             list(column) for column in zip(*rows, strict=True)
         )
         await self._conn.execute(
-            sa.text(
-                "INSERT INTO orchestrator.step_tasks"
-                " (run_id, step, item, attempt, task_id, state, started_at)"
-                " SELECT r, s, i, a, t, 'RUNNING', now() FROM unnest(CAST(:runs AS uuid[]),"
-                " CAST(:steps AS text[]), CAST(:items AS int[]), CAST(:attempts AS int[]),"
-                " CAST(:tasks AS uuid[])) AS u(r, s, i, a, t)"
-                " ON CONFLICT (run_id, step, item) DO UPDATE SET attempt = excluded.attempt,"
-                " task_id = excluded.task_id, state = 'RUNNING', output = NULL, error = '',"
-                " started_at = now(), finished_at = NULL"
-            ),
+            "INSERT INTO orchestrator.step_tasks"
+            " (run_id, step, item, attempt, task_id, state, started_at)"
+            " SELECT r, s, i, a, t, 'RUNNING', now() FROM unnest(%(runs)s::uuid[],"
+            " %(steps)s::text[], %(items)s::int[], %(attempts)s::int[], %(tasks)s::uuid[])"
+            " AS u(r, s, i, a, t)"
+            " ON CONFLICT (run_id, step, item) DO UPDATE SET attempt = excluded.attempt,"
+            " task_id = excluded.task_id, state = 'RUNNING', output = NULL, error = '',"
+            " started_at = now(), finished_at = NULL",
             {"runs": runs, "steps": steps, "items": items, "attempts": attempts, "tasks": task_ids},
         )
 
@@ -370,14 +364,11 @@ class RunTx:
             for e in ends
         ]
         await self._conn.execute(
-            sa.text(
-                "UPDATE orchestrator.step_tasks t SET state = v.state, output = v.output,"
-                " error = v.error, finished_at = now()"
-                " FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]),"
-                " CAST(:outputs AS bytea[]), CAST(:errors AS text[]))"
-                " AS v(task_id, state, output, error)"
-                " WHERE t.task_id = v.task_id AND t.state = 'RUNNING'"
-            ),
+            "UPDATE orchestrator.step_tasks t SET state = v.state, output = v.output,"
+            " error = v.error, finished_at = now()"
+            " FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(outputs)b::bytea[],"
+            " %(errors)s::text[]) AS v(task_id, state, output, error)"
+            " WHERE t.task_id = v.task_id AND t.state = 'RUNNING'",
             {
                 "ids": [e.task_id for e in ends],
                 "states": [e.state for e in ends],
@@ -388,12 +379,10 @@ class RunTx:
 
     async def mark(self, run_id: uuid.UUID, step: str, state: StepState, error: str) -> None:
         await self._conn.execute(
-            sa.text(
-                "INSERT INTO orchestrator.step_marks (run_id, step, state, error, at)"
-                " VALUES (:run_id, :step, :state, :error, now())"
-                " ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state,"
-                " error = excluded.error, at = now()"
-            ),
+            "INSERT INTO orchestrator.step_marks (run_id, step, state, error, at)"
+            " VALUES (%(run_id)s, %(step)s, %(state)s, %(error)s, now())"
+            " ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state,"
+            " error = excluded.error, at = now()",
             {"run_id": run_id, "step": step, "state": state.value, "error": error},
         )
 
@@ -402,12 +391,11 @@ class RunTx:
     ) -> list[tuple[str, uuid.UUID]]:
         """Marks the running tasks (or child runs) of `steps` cancelled; answers them by
         step."""
-        rows = await self._conn.execute(
-            sa.text(
-                "UPDATE orchestrator.step_tasks SET state = 'CANCELLED', finished_at = now()"
-                " WHERE run_id = :run_id AND step = ANY(:steps) AND state = 'RUNNING'"
-                " RETURNING step, task_id"
-            ),
+        rows = await _fetch(
+            self._conn,
+            "UPDATE orchestrator.step_tasks SET state = 'CANCELLED', finished_at = now()"
+            " WHERE run_id = %(run_id)s AND step = ANY(%(steps)s::text[]) AND state = 'RUNNING'"
+            " RETURNING step, task_id",
             {"run_id": run_id, "steps": list(steps)},
         )
         return [(row.step, row.task_id) for row in rows if row.task_id is not None]
@@ -415,28 +403,25 @@ class RunTx:
     async def retry(self, run_id: uuid.UUID, on_failure: str | None) -> list[str]:
         """Failed and cancelled steps (and the on_failure step) start over, in the run's
         next attempt; answers their names."""
-        marks = await self._conn.execute(
-            sa.text(
-                "DELETE FROM orchestrator.step_marks WHERE run_id = :id"
-                " AND (state IN ('FAILED', 'CANCELLED') OR step = :handler) RETURNING step"
-            ),
-            {"id": run_id, "handler": on_failure},
+        params = {"id": run_id, "handler": on_failure}
+        marks = await _fetch(
+            self._conn,
+            "DELETE FROM orchestrator.step_marks WHERE run_id = %(id)s"
+            " AND (state IN ('FAILED', 'CANCELLED') OR step = %(handler)s) RETURNING step",
+            params,
         )
-        tasks = await self._conn.execute(
-            sa.text(
-                "DELETE FROM orchestrator.step_tasks WHERE run_id = :id AND step IN ("
-                " SELECT step FROM orchestrator.step_tasks WHERE run_id = :id"
-                " AND (state IN ('FAILED', 'CANCELLED') OR step = :handler)) RETURNING step"
-            ),
-            {"id": run_id, "handler": on_failure},
+        tasks = await _fetch(
+            self._conn,
+            "DELETE FROM orchestrator.step_tasks WHERE run_id = %(id)s AND step IN ("
+            " SELECT step FROM orchestrator.step_tasks WHERE run_id = %(id)s"
+            " AND (state IN ('FAILED', 'CANCELLED') OR step = %(handler)s)) RETURNING step",
+            params,
         )
         await self._conn.execute(
-            sa.text(
-                "UPDATE orchestrator.runs SET state = 'RUNNING', attempt = attempt + 1,"
-                " output = NULL, error = '', finished_at = NULL, updated_at = now()"
-                " WHERE id = :id"
-            ),
-            {"id": run_id},
+            "UPDATE orchestrator.runs SET state = 'RUNNING', attempt = attempt + 1,"
+            " output = NULL, error = '', finished_at = NULL, updated_at = now()"
+            " WHERE id = %(id)s",
+            params,
         )
         return sorted({r.step for r in marks} | {r.step for r in tasks})
 
@@ -445,13 +430,10 @@ class RunTx:
         if not ends:
             return
         await self._conn.execute(
-            sa.text(
-                "UPDATE orchestrator.runs r SET state = v.state, output = v.output,"
-                " error = v.error, updated_at = now(), finished_at = now()"
-                " FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]),"
-                " CAST(:outputs AS bytea[]), CAST(:errors AS text[]))"
-                " AS v(id, state, output, error) WHERE r.id = v.id"
-            ),
+            "UPDATE orchestrator.runs r SET state = v.state, output = v.output,"
+            " error = v.error, updated_at = now(), finished_at = now()"
+            " FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(outputs)b::bytea[],"
+            " %(errors)s::text[]) AS v(id, state, output, error) WHERE r.id = v.id",
             {
                 "ids": [e.run_id for e in ends],
                 "states": [e.state.value for e in ends],
@@ -468,45 +450,42 @@ class RunTx:
     async def touch(self, run_ids: Sequence[uuid.UUID]) -> None:
         if run_ids:
             await self._conn.execute(
-                sa.text("UPDATE orchestrator.runs SET updated_at = now() WHERE id = ANY(:ids)"),
+                "UPDATE orchestrator.runs SET updated_at = now() WHERE id = ANY(%(ids)s::uuid[])",
                 {"ids": list(run_ids)},
             )
 
 
-async def _steps(
-    conn: AsyncConnection, store: RunStore, run_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, tuple[list[StepTask], list[Mark]]]:
-    """The steps' tasks and marks of each of `run_ids`, in two queries."""
-    found: dict[uuid.UUID, tuple[list[StepTask], list[Mark]]] = {r: ([], []) for r in run_ids}
-    tasks = await conn.execute(
-        sa.text(
-            "SELECT * FROM orchestrator.step_tasks WHERE run_id = ANY(:ids)"
-            " ORDER BY run_id, step, item"
-        ),
-        {"ids": list(run_ids)},
-    )
-    for row in tasks:
-        found[row.run_id][0].append(
-            StepTask(
-                step=row.step,
-                task_id=row.task_id,
-                item=Item(
-                    row.item,
-                    row.attempt,
-                    StepState(row.state),
-                    store._open(row.output, "step_tasks.output", row.task_id)
-                    if row.output is not None
-                    else None,
-                    row.error,
-                ),
-                started_at=row.started_at,
-                finished_at=row.finished_at,
-            )
-        )
-    marks = await conn.execute(
-        sa.text("SELECT * FROM orchestrator.step_marks WHERE run_id = ANY(:ids)"),
-        {"ids": list(run_ids)},
-    )
-    for r in marks:
-        found[r.run_id][1].append(Mark(r.step, StepState(r.state), r.error, r.at))
-    return found
+async def _fetch(conn: psycopg.AsyncConnection[Any], sql: str, params: Any) -> list[Any]:
+    async with conn.cursor(row_factory=namedtuple_row) as cursor:
+        await cursor.execute(sql, params)
+        return await cursor.fetchall()
+
+
+_RUN_COLUMNS = (
+    "id, workflow, version, state, input, idempotency_key, created_at, updated_at,"
+    " deadline_at, depth, trace_context"
+)
+_INSERT_RUNS = (
+    f"INSERT INTO orchestrator.runs ({_RUN_COLUMNS})"
+    " SELECT id, w, v, 'RUNNING', i, k, now(), now(), now() + make_interval(secs => d), 0, t"
+    " FROM unnest(%(ids)s::uuid[], %(workflows)s::text[], %(versions)s::int[],"
+    " %(inputs)b::bytea[], %(keys)s::text[], %(deadlines)s::float8[], %(traces)s::jsonb[])"
+    " AS u(id, w, v, i, k, d, t)"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+)
+_INSERT_CHILD_RUN = (
+    f"INSERT INTO orchestrator.runs ({_RUN_COLUMNS}, parent_run_id, parent_step)"
+    " VALUES (%(id)s, %(workflow)s, %(version)s, 'RUNNING', %(input)s, %(key)s, now(), now(),"
+    " now() + make_interval(secs => %(deadline)s), %(depth)s, %(trace_context)s::jsonb,"
+    " %(parent_run)s, %(parent_step)s)"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+)
+_RUNS_BY_KEY = "SELECT * FROM orchestrator.runs WHERE idempotency_key = ANY(%(keys)s::text[])"
+_LOCK_RUNS = (
+    "SELECT * FROM orchestrator.runs WHERE id = ANY(%(ids)s::uuid[]) ORDER BY id FOR UPDATE"
+)
+_STEP_TASKS = (
+    "SELECT * FROM orchestrator.step_tasks WHERE run_id = ANY(%(ids)s::uuid[])"
+    " ORDER BY run_id, step, item"
+)
+_STEP_MARKS = "SELECT * FROM orchestrator.step_marks WHERE run_id = ANY(%(ids)s::uuid[])"

@@ -5,6 +5,7 @@ run another one (or its restart) advances from where it stood, and no step is di
 twice. Runs move in batches: the task ends of one event read, or the StartRun calls that
 arrive together, go in one transaction holding all their locks."""
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -16,9 +17,17 @@ from typing import Any
 
 import structlog
 
+from agentry.tasks.v1 import tasks_pb2
 from libs.common import tracing
-from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from libs.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from libs.common.events import EventBus, make_events
+from libs.common.task_ids import task_id_for
 from services.orchestrator import metrics
 from services.orchestrator.coalescer import Coalescer
 from services.orchestrator.dag import (
@@ -42,7 +51,7 @@ from services.orchestrator.run_store import (
     RunTx,
     StartedStep,
 )
-from services.orchestrator.task_client import TaskClient, TaskEnd, task_spec
+from services.orchestrator.task_client import LOST, TaskClient, TaskEnd, task_spec
 from services.orchestrator.workflow_store import WorkflowRecord, WorkflowStore
 
 log = structlog.get_logger(__name__)
@@ -52,6 +61,8 @@ log = structlog.get_logger(__name__)
 MAX_DEPTH = 8
 # Runs advanced in one transaction, at most.
 RUNS_PER_ADVANCE = 200
+# Pauses between tries of a SubmitTasks call TaskService could not answer.
+SUBMIT_RETRY_S = (0.2, 1.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -73,10 +84,6 @@ def _uuid(value: str, what: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidArgument(f"{what} {value!r} is not a UUID") from None
-
-
-class _Refused(Exception):
-    """TaskService refused a batch's tasks: the runs advance one by one instead."""
 
 
 @dataclass(frozen=True)
@@ -225,33 +232,29 @@ class Runs:
 
     async def advance_many(self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]) -> list[Move]:
         """Advances runs together, in one transaction that holds their locks: one read of
-        their steps, one write of the ends, one SubmitTasks for every task their plans
-        start, one write of those, one publish. A busy orchestrator's cost per step shrinks
-        with the number of runs in a batch. When TaskService refuses the batch's tasks,
-        nothing of it is written and the runs go one by one, so that only the run whose
-        task it refuses fails its step."""
-        try:
-            return await self._advance_together(ends_by_run)
-        except _Refused:
-            return [
-                move
-                for run_id, ends in ends_by_run.items()
-                for move in await self._advance_together({run_id: ends})
-            ]
+        their steps, one write of the ends, one write of the tasks their plans start, then
+        the commit, one SubmitTasks for those tasks, and one publish. A busy orchestrator's
+        cost per step shrinks with the number of runs in a batch.
 
-    async def _advance_together(
-        self, ends_by_run: Mapping[uuid.UUID, Sequence[TaskEnd]]
-    ) -> list[Move]:
+        The tasks are recorded before they are submitted: their ids derive from their
+        idempotency keys (run, step, item, attempt), so the locks are not held across the
+        call, and a run's next task end never waits for its previous advance's call. An
+        orchestrator that stops between the commit and the call leaves tasks TaskService
+        does not know; the reconciler finds them lost and submits them again."""
         moves: list[Move] = []
         async with self._store.locked(list(ends_by_run)) as tx:
             running = [run for run in tx.runs if run.state == RunState.RUNNING]
-            steps = await tx.steps([run.id for run in running])
-            await tx.finish_tasks([end for run in running for end in ends_by_run[run.id]])
+            await tx.finish_tasks(
+                [end for run in running for end in ends_by_run[run.id] if end.state != LOST]
+            )
             for run in running:
                 defn = await self._definition(run.workflow, run.version)
-                moves.append(plan_move(run, defn, *steps[run.id], ends_by_run[run.id]))
+                moves.append(plan_move(run, defn, *tx.steps[run.id], ends_by_run[run.id]))
             await self._carry_out(tx, moves)
+        refused = await self._submit(moves)
         await self._after(moves)
+        for move, exc in refused:
+            await self._fail_refused(move, exc)
         return moves
 
     async def _after(self, moves: Sequence[Move]) -> None:
@@ -267,8 +270,6 @@ class Runs:
                 await self.advance(child)
             if move.ended and move.run.parent_run_id is not None:
                 await self._tell_parent(await self._run(move.run.id))
-            if move.refused:
-                await self.advance(move.run.id)  # the failed step fails the run, or not
 
     async def _tell_parent(self, child: RunRecord) -> None:
         """A child run ended: its step in the parent run ends the same way."""
@@ -296,7 +297,7 @@ class Runs:
             if plan.cancel:
                 move.cancelled += await tx.cancel_steps(run.id, plan.cancel)
                 move.events += [("step.cancelled", name, {}) for name in plan.cancel]
-        await self._submit(tx, moves)
+        await self._record_tasks(tx, moves)
         ended = []
         for move in moves:
             for start in move.plan.start:
@@ -309,39 +310,66 @@ class Runs:
         await tx.end_runs(ended)
         await tx.touch([move.run.id for move in moves if not move.ended])
 
-    async def _submit(self, tx: RunTx, moves: Sequence[Move]) -> None:
-        """The tasks of every step the plans start, in one SubmitTasks call (idempotency
-        keys make a resubmission after a crash find the same tasks)."""
-        starts = [
-            (move, start) for move in moves for start in move.plan.start if not start.step.workflow
-        ]
-        if not starts:
-            return
-        specs = [
-            task_spec(
-                start.step, payload, move.run.id, item, move.run.attempt, move.run.trace_context
-            )
-            for move, start in starts
-            for item, payload in enumerate(start.payloads)
-        ]
-        try:
-            task_ids = await self._tasks.submit(specs)
-        except InvalidArgument as exc:
-            if len(moves) > 1:
-                raise _Refused from exc
-            for move, start in starts:
-                error = f"TaskService refused its task: {exc}"
-                await tx.mark(move.run.id, start.step.name, StepState.FAILED, error)
-                move.events.append(("step.failed", start.step.name, {"error": error}))
-                move.refused = True
-            return
-        started, offset = [], 0
-        for move, start in starts:
-            mine = task_ids[offset : offset + len(start.payloads)]
-            offset += len(start.payloads)
-            started.append(StartedStep(move.run.id, start.step.name, move.run.attempt, mine))
-            move.events.append(("step.started", start.step.name, {"tasks": len(mine)}))
+    async def _record_tasks(self, tx: RunTx, moves: Sequence[Move]) -> None:
+        """The tasks of every step the plans start, recorded under the runs' locks with the
+        ids their keys give them; each move keeps its specs for the call after the commit."""
+        started = []
+        for move in moves:
+            run = move.run
+            for start in move.plan.start:
+                if start.step.workflow:
+                    continue
+                specs = [
+                    task_spec(start.step, payload, run.id, item, run.attempt, run.trace_context)
+                    for item, payload in enumerate(start.payloads)
+                ]
+                move.specs += specs
+                ids = [task_id_for(spec.idempotency_key) for spec in specs]
+                started.append(StartedStep(run.id, start.step.name, run.attempt, ids))
+                move.events.append(("step.started", start.step.name, {"tasks": len(ids)}))
         await tx.add_tasks(started)
+
+    async def _submit(self, moves: Sequence[Move]) -> list[tuple[Move, InvalidArgument]]:
+        """The committed moves' tasks, in one SubmitTasks call. TaskService takes a batch
+        whole or not at all: when it refuses one, each run's tasks are submitted on their
+        own. Answers the moves whose tasks it refuses, and why."""
+        submitting = [move for move in moves if move.specs]
+        if not submitting:
+            return []
+        try:
+            await self._submit_specs([spec for move in submitting for spec in move.specs])
+            return []
+        except InvalidArgument as exc:
+            if len(submitting) == 1:
+                return [(submitting[0], exc)]
+        refused = []
+        for move in submitting:
+            try:
+                await self._submit_specs(move.specs)
+            except InvalidArgument as exc:
+                refused.append((move, exc))
+        return refused
+
+    async def _submit_specs(self, specs: Sequence[tasks_pb2.TaskSpec]) -> None:
+        """Submits, trying again a few times while TaskService is unavailable; past those
+        the tasks are lost until the reconciler submits them again."""
+        for delay_s in (*SUBMIT_RETRY_S, None):
+            try:
+                await self._tasks.submit(specs)
+                return
+            except (Unavailable, DeadlineExceeded) as exc:
+                if delay_s is None:
+                    log.warning("tasks not submitted; the reconciler will", error=str(exc))
+                    return
+                await asyncio.sleep(delay_s)
+
+    async def _fail_refused(self, move: Move, exc: InvalidArgument) -> None:
+        """TaskService refused a move's tasks: they fail, with the reason on their step,
+        and the run goes on from there (on_failure, or it fails)."""
+        move.refused = True
+        error = f"TaskService refused its task: {exc}"
+        ids = [task_id_for(spec.idempotency_key) for spec in move.specs]
+        await self.advance(move.run.id, [TaskEnd(i, "FAILED", error=error) for i in ids])
 
     async def _start_children(self, tx: RunTx, move: Move, start: Start) -> None:
         """A run of the step's workflow per item, keyed like tasks so a retried plan finds
@@ -410,8 +438,9 @@ class Runs:
             if run.state != RunState.RUNNING:
                 raise FailedPrecondition(f"run {run_id} is {run.state.value}, not RUNNING")
             defn = await self._definition(run.workflow, run.version)
-            steps = (await tx.steps([rid]))[rid]
-            running = [n for n, v in views_of(defn, *steps).items() if v.state == StepState.RUNNING]
+            running = [
+                n for n, v in views_of(defn, *tx.steps[rid]).items() if v.state == StepState.RUNNING
+            ]
             cancelled = await tx.cancel_steps(rid, running)
             await tx.end_runs([RunEnd(rid, RunState.CANCELLED, error="cancelled")])
         metrics.RUNS_FINISHED.labels(run.workflow, RunState.CANCELLED.value).inc()
@@ -440,8 +469,10 @@ class Runs:
         return await self._run(rid)
 
     async def reconcile(self, stale_s: float, limit: int = 100) -> int:
-        """Runs nobody advanced for `stale_s` (a task's end event lost with a task agent) or
-        past their deadline: asks TaskService how their running tasks ended."""
+        """Runs nobody advanced for `stale_s` (a task's end event lost with a task agent, or
+        an orchestrator stopped before it submitted a step's tasks) or past their deadline:
+        asks TaskService how their running tasks ended, and submits again those it does not
+        know."""
         advanced = 0
         for run_id in await self._store.stale_runs(stale_s, limit):
             run = await self._run(run_id)

@@ -13,10 +13,16 @@ from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.channels import ServiceChannel
 from libs.common.grpc_errors import from_rpc_error
 from libs.common.identity import AgentIdentity
+from libs.common.task_ids import task_id_for
 from services.orchestrator.definition import StepDef
 
 # SubmitTasks takes at most this many specs per call, GetTasks this many ids.
 BATCH = 1000
+
+
+# The state of a step's task TaskService does not know: the orchestrator recorded it and
+# stopped before it was submitted. Its step submits it again.
+LOST = "LOST"
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class TaskEnd:
     """How a task ended, as the run records it on its step."""
 
     task_id: uuid.UUID
-    state: str  # SUCCEEDED, FAILED or CANCELLED
+    state: str  # SUCCEEDED, FAILED, CANCELLED, or LOST
     output: Any = None
     error: str = ""
 
@@ -75,6 +81,8 @@ class TaskClient:
     def __init__(self, address: str, identity: AgentIdentity | None, timeout_s: float) -> None:
         self._channel = ServiceChannel(address, "task-agent", identity)
         self._timeout_s = timeout_s
+        # Keyed tasks whose SubmitTasks call is under way: a cancel of one waits for it.
+        self._submitting: dict[uuid.UUID, asyncio.Future[None]] = {}
 
     @property
     def _stub(self) -> tasks_pb2_grpc.TaskServiceStub:
@@ -82,18 +90,29 @@ class TaskClient:
 
     async def submit(self, specs: Sequence[tasks_pb2.TaskSpec]) -> list[uuid.UUID]:
         """The tasks' ids, in order (existing ones for keys submitted before)."""
+        keyed = [task_id_for(spec.idempotency_key) for spec in specs if spec.idempotency_key]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for task_id in keyed:
+            self._submitting[task_id] = done
         ids: list[uuid.UUID] = []
-        for start in range(0, len(specs), BATCH):
-            request = tasks_pb2.SubmitTasksRequest(tasks=specs[start : start + BATCH])
-            try:
-                reply = await self._stub.SubmitTasks(request, timeout=self._timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from None
-            ids += [uuid.UUID(task.id) for task in reply.tasks]
+        try:
+            for start in range(0, len(specs), BATCH):
+                request = tasks_pb2.SubmitTasksRequest(tasks=specs[start : start + BATCH])
+                try:
+                    reply = await self._stub.SubmitTasks(request, timeout=self._timeout_s)
+                except grpc.aio.AioRpcError as exc:
+                    raise from_rpc_error(exc) from None
+                ids += [uuid.UUID(task.id) for task in reply.tasks]
+        finally:
+            for task_id in keyed:
+                if self._submitting.get(task_id) is done:
+                    del self._submitting[task_id]
+            done.set_result(None)
         return ids
 
     async def ends(self, task_ids: Sequence[uuid.UUID]) -> list[TaskEnd]:
-        """How those of `task_ids` that have ended ended (a task that is gone failed)."""
+        """How those of `task_ids` that have ended ended; those TaskService does not know
+        are LOST."""
         ends: list[TaskEnd] = []
         for start in range(0, len(task_ids), BATCH):
             asked = task_ids[start : start + BATCH]
@@ -105,16 +124,18 @@ class TaskClient:
             found = {uuid.UUID(task.id): task for task in reply.tasks}
             for task_id in asked:
                 task = found.get(task_id)
-                end = (
-                    task_end(task)
-                    if task is not None
-                    else TaskEnd(task_id, "FAILED", error="the task is gone")
-                )
+                end = task_end(task) if task is not None else TaskEnd(task_id, LOST)
                 if end is not None:
                     ends.append(end)
         return ends
 
     async def cancel(self, task_ids: Sequence[uuid.UUID]) -> None:
+        """Cancels tasks, once any submission of theirs under way has landed (a run is
+        cancelled between the commit that records a step's tasks and their submission)."""
+        landing = {self._submitting[t] for t in task_ids if t in self._submitting}
+        if landing:
+            await asyncio.wait(landing)
+
         async def one(task_id: uuid.UUID) -> None:
             try:
                 await self._stub.CancelTask(

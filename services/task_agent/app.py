@@ -67,6 +67,7 @@ class TaskAgentApp(GrpcApp):
             self._redis,
             self.events,
             TaskCache(self._redis, keys, settings.task_cache_ttl_s, self.keyring),
+            self.keyring,
             settings.version,
         )
         self.worker = Worker(

@@ -1,6 +1,7 @@
 """Every change of a task leaves through one door: the cache gets the new state, the event
 stream and pub/sub get the event (carrying the trace of the task's submission), and the
-metrics count it."""
+metrics count it. The end of a workflow step's task carries its result, sealed: the
+orchestrator advances the run from the event alone."""
 
 import uuid
 from collections.abc import Sequence
@@ -8,7 +9,8 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from libs.common.events import EventBus, make_events
+from libs.common.crypto import Keyring
+from libs.common.events import EventBus, make_events, sealed_result_aad
 from services.task_agent.cache import TaskCache
 from services.task_agent.metrics import count_changes
 from services.task_agent.model import Task, TaskState
@@ -42,15 +44,24 @@ EVENT_BY_STATE = {
     TaskState.FAILED: "task.failed",
     TaskState.CANCELLED: "task.cancelled",
 }
+# Results up to this size ride in the succeeded event of a task labelled with a workflow
+# run; a larger one is read back by the orchestrator.
+RESULT_IN_EVENT_BYTES = 8 * 1024
 
 
 class TaskChanges:
     def __init__(
-        self, client: redis.Redis, events: EventBus, cache: TaskCache, version: str
+        self,
+        client: redis.Redis,
+        events: EventBus,
+        cache: TaskCache,
+        keyring: Keyring,
+        version: str,
     ) -> None:
         self._redis = client
         self.events = events
         self.cache = cache
+        self._keyring = keyring
         # The agent's version travels with every event: reports and canary verdicts compare
         # versions.
         self.version = version
@@ -81,6 +92,13 @@ class TaskChanges:
             if task.trace_context:
                 event.trace_context.clear()
                 event.trace_context.update(task.trace_context)
+            if (
+                task.state == TaskState.SUCCEEDED
+                and "run" in task.labels
+                and task.result is not None
+                and len(task.result) <= RESULT_IN_EVENT_BYTES
+            ):
+                event.sealed_result = self._keyring.encrypt(task.result, sealed_result_aad(task.id))
         async with self._redis.pipeline(transaction=False) as pipe:
             if not new:
                 await self.cache.queue_put(pipe, changed)

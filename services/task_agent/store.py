@@ -47,7 +47,9 @@ _PLACEHOLDERS = ", ".join(
 _INSERT = (
     f"INSERT INTO tasks.tasks ({', '.join(_INSERT_COLUMNS)}) "
     f"SELECT * FROM unnest({_PLACEHOLDERS}) "
-    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+    # Both unique columns, id and idempotency_key, arbitrate: a keyed task's id derives
+    # from its key, so a taken key conflicts on both.
+    "ON CONFLICT DO NOTHING RETURNING id"
 )
 
 
@@ -105,9 +107,13 @@ class TaskStore:
     ) -> list[tuple[Task, bool]]:
         """Stores a batch in one statement; the tasks in `held` are stored already claimed by
         `holder`. A task whose idempotency key is taken is not stored; the existing task
-        stands in its place (created=False)."""
+        stands in its place (created=False), as the first of a key given twice in the batch
+        does for the second."""
         holders = {n.id: holder if n.id in held else None for n in batch}
-        rows = [insert_values(new, now, self._keyring, holders[new.id]) for new in batch]
+        first: dict[uuid.UUID, NewTask] = {}
+        for new in batch:
+            first.setdefault(new.id, new)
+        rows = [insert_values(new, now, self._keyring, holders[new.id]) for new in first.values()]
         columns = {name: [row[name] for row in rows] for name in _INSERT_COLUMNS}
         columns["labels"] = [json.dumps(labels) for labels in columns["labels"]]
         columns["trace_context"] = [json.dumps(c) for c in columns["trace_context"]]
@@ -120,12 +126,13 @@ class TaskStore:
                     sa.select(tasks).where(tasks.c.idempotency_key.in_(missing))
                 )
                 existing = {row.idempotency_key: self._task(row) for row in found}
-        return [
-            (stored_task(n, now, holders[n.id]), True)
-            if n.id in created
-            else (existing[n.idempotency_key], False)
-            for n in batch
-        ]
+        answers = []
+        for n in batch:
+            if n.id not in created:
+                answers.append((existing[n.idempotency_key], False))
+            else:
+                answers.append((stored_task(first[n.id], now, holders[n.id]), first[n.id] is n))
+        return answers
 
     async def get(self, task_id: uuid.UUID) -> Task | None:
         async with self._single() as conn:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from libs.common.errors import InvalidArgument
+from libs.common.task_ids import task_id_for
 from services.task_agent.model import NewTask, Priority, RetryPolicy, TaskType
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -109,7 +110,7 @@ def validate(
     if len(sub.labels) > _MAX_LABELS:
         raise InvalidArgument(f"at most {_MAX_LABELS} labels")
     return NewTask(
-        id=uuid.uuid4(),
+        id=task_id_for(sub.idempotency_key) if sub.idempotency_key else uuid.uuid4(),
         type=sub.type,
         payload=payload,
         queue=sub.queue or task_type.queue,

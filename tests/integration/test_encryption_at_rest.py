@@ -1,20 +1,32 @@
-"""Payloads and results at rest: sealed in Postgres and in the Redis cache, plaintext at the
-API, rotated to a new key without downtime, and a clear error (never the data) when a value
-cannot be opened."""
+"""Payloads and results at rest: sealed in Postgres, in the Redis cache and in a workflow
+step's end event, plaintext at the API, rotated to a new key without downtime, and a clear
+error (never the data) when a value cannot be opened."""
 
+import asyncio
 import json
 import stat
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
 import redis.asyncio as redis
 
+from agentry.events.v1 import events_pb2
 from agentry.tasks.v1 import tasks_pb2
-from libs.common.crypto import Keyring, add_key, generate_key_file, remove_key, use_key
+from libs.common.crypto import (
+    Keyring,
+    Undecryptable,
+    add_key,
+    generate_key_file,
+    remove_key,
+    use_key,
+)
+from libs.common.events import sealed_result_aad
 from libs.common.redis_client import Keys
+from services.task_agent.changes import RESULT_IN_EVENT_BYTES
 from services.task_agent.key_rotation import rotate
 from tests.integration.conftest import MakeAgent
 from tests.integration.task_client import spec, stub_for, submit, terminal, until
@@ -43,6 +55,31 @@ def _values(stored: dict[str, tuple[bytes, bytes | None]]) -> list[bytes]:
     return [value for pair in stored.values() for value in pair if value is not None]
 
 
+async def _succeeded_events(
+    redis_url: str, prefix: str, task_ids: list[str], within: float = 5.0
+) -> dict[str, tuple[events_pb2.Event, bytes]]:
+    """The task.succeeded event of each task, awaited on the durable event stream, with the
+    stream entry that holds it as Redis stores it."""
+    subjects = {f"task/{task_id}": task_id for task_id in task_ids}
+    found: dict[str, tuple[events_pb2.Event, bytes]] = {}
+    stream = Keys(prefix).event_stream()
+    client = redis.Redis.from_url(redis_url)
+    last = b"0-0"
+    try:
+        async with asyncio.timeout(within):
+            while len(found) < len(task_ids):
+                reply: Any = await client.xread({stream: last}, block=100)
+                for _, entries in reply or []:
+                    for entry_id, fields in entries:
+                        last, entry = entry_id, fields[b"e"]
+                        for event in events_pb2.EventBatch.FromString(entry).events:
+                            if event.type == "task.succeeded" and event.subject in subjects:
+                                found[subjects[event.subject]] = (event, entry)
+    finally:
+        await client.aclose()
+    return found
+
+
 async def test_a_payload_and_its_result_are_ciphertext_at_rest_and_plaintext_at_the_api(
     make_task_agent: MakeAgent, data_keys: Path, redis_url: str, redis_prefix: str
 ) -> None:
@@ -64,6 +101,53 @@ async def test_a_payload_and_its_result_are_ciphertext_at_rest_and_plaintext_at_
     await client.aclose()
     assert cached is not None and b'"state":"SUCCEEDED"' in cached
     assert SECRET.encode() not in cached
+
+
+async def test_a_workflow_steps_end_event_carries_its_result_sealed_to_the_task(
+    make_task_agent: MakeAgent, data_keys: Path, redis_url: str, redis_prefix: str
+) -> None:
+    agent = await make_task_agent(data_keys_file=data_keys)
+    payload = {"card": SECRET}
+    async with stub_for(agent) as stub:
+        task = await submit(stub, "echo", payload, labels={"run": str(uuid.uuid4())})
+        [(event, entry)] = (await _succeeded_events(redis_url, redis_prefix, [task.id])).values()
+        done = (await stub.GetTask(S.GetTaskRequest(task_id=task.id))).task
+
+    assert event.sealed_result.startswith(agent.keyring.write_prefix)
+    assert SECRET.encode() not in entry
+    opened = agent.keyring.decrypt(event.sealed_result, sealed_result_aad(uuid.UUID(task.id)))
+    assert opened == done.result
+    assert json.loads(opened) == payload
+    # Bound to its task: moved to another task's event, it does not open.
+    with pytest.raises(Undecryptable):
+        agent.keyring.decrypt(event.sealed_result, sealed_result_aad(uuid.uuid4()))
+
+
+async def test_only_a_workflow_steps_result_of_at_most_8_kib_rides_in_its_end_event(
+    make_task_agent: MakeAgent, redis_url: str, redis_prefix: str
+) -> None:
+    agent = await make_task_agent()
+    run = {"run": str(uuid.uuid4())}
+    # An echoed string's result is the string in quotes: two bytes more than it.
+    specs = {
+        "not a step": spec("echo", "small"),
+        "at the limit": spec("echo", "x" * (RESULT_IN_EVENT_BYTES - 2), labels=run),
+        "over it": spec("echo", "x" * (RESULT_IN_EVENT_BYTES - 1), labels=run),
+    }
+    async with stub_for(agent) as stub:
+        batch = await stub.SubmitTasks(S.SubmitTasksRequest(tasks=list(specs.values())))
+        ids = [task.id for task in batch.tasks]
+        ends = await _succeeded_events(redis_url, redis_prefix, ids)
+        done = [await until(stub, task_id, terminal) for task_id in ids]
+
+    assert [len(task.result) for task in done[1:]] == [
+        RESULT_IN_EVENT_BYTES,
+        RESULT_IN_EVENT_BYTES + 1,
+    ]
+    carried = {
+        name: bool(ends[task_id][0].sealed_result) for name, task_id in zip(specs, ids, strict=True)
+    }
+    assert carried == {"not a step": False, "at the limit": True, "over it": False}
 
 
 async def test_every_path_that_stores_a_payload_seals_it(

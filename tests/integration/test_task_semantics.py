@@ -16,6 +16,7 @@ import redis.asyncio as redis
 from agentry.events.v1 import events_pb2
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.redis_client import Keys
+from libs.common.task_ids import task_id_for
 from services.task_agent.app import TaskAgentApp
 from tests.integration.task_client import spec, submit, until
 from tests.secure import channel_to
@@ -90,7 +91,7 @@ async def test_a_batch_is_answered_in_request_order_and_every_task_succeeds(task
     assert [json.loads(t.result) for t in done] == payloads
 
 
-async def test_a_second_submit_with_the_same_idempotency_key_returns_the_first_task(
+async def test_a_keyed_task_has_the_id_its_key_gives_and_a_resubmission_returns_it(
     tasks_stub,
 ) -> None:
     first = await tasks_stub.SubmitTask(
@@ -102,7 +103,7 @@ async def test_a_second_submit_with_the_same_idempotency_key_returns_the_first_t
 
     assert first.created
     assert not second.created
-    assert second.task.id == first.task.id
+    assert first.task.id == second.task.id == str(task_id_for("order-1"))
     assert json.loads(second.task.payload) == {"order": 1}
     assert [t.id for t in await _all_tasks(tasks_stub)] == [first.task.id]
     done = await _finished(tasks_stub, first.task.id)
@@ -120,8 +121,13 @@ async def test_a_repeated_idempotency_key_within_one_batch_stores_one_task(tasks
     )
 
     first, second = response.tasks
-    assert second.id == first.id
+    assert first.id == second.id == str(task_id_for("same"))
+    assert [json.loads(t.payload) for t in response.tasks] == [1, 1]
     assert len(await _all_tasks(tasks_stub)) == 1
+    done = await _finished(tasks_stub, first.id)
+    assert done.state == S.TASK_STATE_SUCCEEDED
+    assert done.attempts == 1
+    assert json.loads(done.result) == 1
 
 
 async def test_a_batch_with_one_bad_spec_is_refused_whole_and_stores_nothing(tasks_stub) -> None:

@@ -1,5 +1,6 @@
 """Workflows run end to end on a real orchestrator and task agent: dependencies, fan-out
-and fan-in, skipped steps, failures with on_failure, cancel, retry, idempotent starts."""
+and fan-in, skipped steps, failures with on_failure, cancel, retry, idempotent starts, and a
+crash between recording a step's tasks and submitting them."""
 
 import asyncio
 import json
@@ -9,9 +10,13 @@ import pytest
 import redis.asyncio as redis
 
 from agentry.events.v1 import events_pb2
+from agentry.tasks.v1 import tasks_pb2
 from agentry.workflows.v1 import workflows_pb2 as W
 from agentry.workflows.v1 import workflows_pb2_grpc
 from libs.common.redis_client import Keys
+from libs.common.task_ids import task_id_for
+from services.orchestrator.run_store import NewRun, StartedStep
+from tests.integration.task_client import stub_for
 from tests.integration.workflow_client import register, start, until_ended
 from tests.secure import channel_to
 
@@ -315,3 +320,45 @@ async def test_cancelling_a_parent_cancels_its_child_runs(workflows) -> None:
     child = (await workflows.GetRun(W.GetRunRequest(run_id=child_id))).run
     assert child.state == W.RUN_STATE_CANCELLED
     assert _steps(child)["z"].state == W.STEP_STATE_CANCELLED
+
+
+async def test_a_step_recorded_but_never_submitted_is_submitted_again_as_the_same_task(
+    make_task_agent, make_orchestrator
+) -> None:
+    """An orchestrator records a step's tasks and commits before it calls SubmitTasks; one
+    that stopped in between left a task TaskService does not know. The reconciler finds it
+    missing and submits the step again: same key, same task id, run once."""
+    agent = await make_task_agent()
+    orchestrator = await make_orchestrator(agent, reconcile_interval_s=0.2, stale_run_s=0.5)
+    chain = {
+        "name": "chain",
+        "steps": [
+            {"name": "s1", "type": "echo", "input": {"n": {"$ref": "input.n"}}},
+            {"name": "s2", "type": "echo", "depends_on": ["s1"],
+             "input": {"got": {"$ref": "steps.s1.output.n"}}},
+        ],
+    }  # fmt: skip
+    async with channel_to(orchestrator.server.port, "orchestrator") as channel:
+        workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
+        await register(workflows, chain)
+        # What the crashed orchestrator left: the run, and s1's task recorded as running.
+        store = orchestrator.runs._store
+        workflow = await orchestrator.runs.workflow("chain")
+        [(run, _)] = await store.insert_runs([NewRun(workflow, {"n": 5}, None, None, {})])
+        key = f"run:{run.id}:s1:0:{run.attempt}"
+        task_id = task_id_for(key)
+        async with store.locked([run.id]) as tx:
+            await tx.add_tasks([StartedStep(run.id, "s1", run.attempt, [task_id])])
+
+        ended = await until_ended(workflows, str(run.id))
+
+    assert ended.state == W.RUN_STATE_SUCCEEDED, ended
+    assert json.loads(ended.output) == {"s2": {"got": 5}}
+    assert list(_steps(ended)["s1"].task_ids) == [str(task_id)]
+    async with stub_for(agent) as tasks:
+        listed = (await tasks.ListTasks(tasks_pb2.ListTasksRequest())).tasks
+    assert sorted(task.labels["step"] for task in listed) == ["s1", "s2"]
+    [s1_task] = [task for task in listed if task.idempotency_key == key]
+    assert s1_task.id == str(task_id)
+    assert s1_task.state == tasks_pb2.TASK_STATE_SUCCEEDED
+    assert s1_task.attempts == 1

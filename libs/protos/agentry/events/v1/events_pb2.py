@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentry/events/v1/events.proto\x12\x11\x61gentry.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x41\n\rtrace_context\x18\x06 \x03(\x0b\x32*.agentry.events.v1.Event.TraceContextEntry\x12\x0e\n\x06source\x18\x07 \x01(\t\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\nEventBatch\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.agentry.events.v1.Eventb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentry/events/v1/events.proto\x12\x11\x61gentry.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x41\n\rtrace_context\x18\x06 \x03(\x0b\x32*.agentry.events.v1.Event.TraceContextEntry\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x15\n\rsealed_result\x18\x08 \x01(\x0c\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\nEventBatch\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.agentry.events.v1.Eventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_EVENT_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_EVENT']._serialized_start=87
-  _globals['_EVENT']._serialized_end=329
-  _globals['_EVENT_TRACECONTEXTENTRY']._serialized_start=278
-  _globals['_EVENT_TRACECONTEXTENTRY']._serialized_end=329
-  _globals['_EVENTBATCH']._serialized_start=331
-  _globals['_EVENTBATCH']._serialized_end=385
+  _globals['_EVENT']._serialized_end=352
+  _globals['_EVENT_TRACECONTEXTENTRY']._serialized_start=301
+  _globals['_EVENT_TRACECONTEXTENTRY']._serialized_end=352
+  _globals['_EVENTBATCH']._serialized_start=354
+  _globals['_EVENTBATCH']._serialized_end=408
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,7 @@ class Event(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    SEALED_RESULT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id; consumers de-duplicate on it (delivery is at least once)."""
     type: _builtins.str
@@ -64,6 +65,12 @@ class Event(_message.Message):
     """JSON-encoded body; its shape is fixed per type."""
     source: _builtins.str
     """The agent that emitted it: "<role>/<instance>"."""
+    sealed_result: _builtins.bytes
+    """Only on task.succeeded of a workflow step's task, when small: the task's result
+    sealed with the platform's data keys (AES-GCM, bound to the task id), so the
+    orchestrator advances the run without reading the result back. Never relayed to
+    the website: the gateway's feed and webhooks carry `data` only.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -80,10 +87,11 @@ class Event(_message.Message):
         data: _builtins.bytes = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         source: _builtins.str = ...,
+        sealed_result: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "id", b"id", "source", b"source", "subject", b"subject", "time", b"time", "trace_context", b"trace_context", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "id", b"id", "sealed_result", b"sealed_result", "source", b"source", "subject", b"subject", "time", b"time", "trace_context", b"trace_context", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
