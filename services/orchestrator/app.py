@@ -311,6 +311,7 @@ class OrchestratorApp(GrpcApp):
                 await self.runs.start(name, 0, json.dumps(run_input).encode(), key)
 
     async def close(self) -> None:
+        await self.runs.settle()
         await self.tasks.close()
         await self._redis.aclose()
         await self._engine.dispose()

@@ -71,8 +71,6 @@ class Move:
     children: list[uuid.UUID] = field(default_factory=list)
     # The tasks of the steps it starts, submitted once the move is committed.
     specs: list[tasks_pb2.TaskSpec] = field(default_factory=list)
-    # TaskService refused those tasks: they failed instead.
-    refused: bool = False
 
     @property
     def ended(self) -> bool:

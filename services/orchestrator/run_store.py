@@ -147,11 +147,14 @@ class RunStore:
 
     # -- runs ----------------------------------------------------------------------------
 
-    async def insert_runs(self, new: Sequence["NewRun"]) -> list[tuple[RunRecord, bool]]:
-        """Runs (not child runs), in one statement: each the new run (created=True), or the
-        one that already holds its idempotency key."""
-        if not new:
-            return []
+    @asynccontextmanager
+    async def starting(
+        self, new: Sequence["NewRun"]
+    ) -> AsyncIterator[tuple["RunTx", list[tuple[RunRecord, bool]]]]:
+        """A transaction that inserts runs (not child runs) in one statement, and answers
+        each: the new run (created=True), or the one that already holds its idempotency
+        key. Its runs are the created ones, whose rows it holds, with no steps yet. Like
+        `locked`, a pipeline: the insert is one round trip, the writes go with the commit."""
         ids = [uuid.uuid4() for _ in new]
         params = {
             "ids": ids,
@@ -162,7 +165,11 @@ class RunStore:
             "deadlines": [n.deadline_s for n in new],
             "traces": [json.dumps(n.trace_context) for n in new],
         }
-        async with driver_connection(self._engine) as conn:
+        async with (
+            driver_connection(self._engine) as conn,
+            conn.pipeline(),
+            conn.transaction(),
+        ):
             created = {row.id: self._run(row) for row in await _fetch(conn, _INSERT_RUNS, params)}
             # The others met a run holding their key (an earlier one, or one of this batch).
             taken = [n.idempotency_key for n, i in zip(new, ids, strict=True) if i not in created]
@@ -170,10 +177,12 @@ class RunStore:
             if taken:
                 found = await _fetch(conn, _RUNS_BY_KEY, {"keys": taken})
                 existing = {row.idempotency_key: self._run(row) for row in found}
-        return [
-            (created[i], True) if i in created else (existing[n.idempotency_key], False)
-            for n, i in zip(new, ids, strict=True)
-        ]
+            answers = [
+                (created[i], True) if i in created else (existing[n.idempotency_key], False)
+                for n, i in zip(new, ids, strict=True)
+            ]
+            runs = list(created.values())
+            yield RunTx(conn, self, runs, {run.id: ([], []) for run in runs}), answers
 
     async def run(self, run_id: uuid.UUID) -> RunRecord | None:
         async with self._engine.connect() as conn:

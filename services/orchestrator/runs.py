@@ -11,7 +11,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +61,8 @@ log = structlog.get_logger(__name__)
 MAX_DEPTH = 8
 # Runs advanced in one transaction, at most.
 RUNS_PER_ADVANCE = 200
+# Batches of started runs whose first tasks are being submitted, at most.
+FOLLOW_UPS = 2
 # Pauses between tries of a SubmitTasks call TaskService could not answer.
 SUBMIT_RETRY_S = (0.2, 1.0, 3.0)
 
@@ -107,6 +109,8 @@ class Runs:
         self._events = events
         self._definitions: dict[tuple[str, int], WorkflowDef] = {}
         self._starts = Coalescer(self._start_many)
+        self._following = asyncio.Semaphore(FOLLOW_UPS)
+        self._follow_ups: set[asyncio.Task[None]] = set()
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -153,9 +157,12 @@ class Runs:
 
     async def _start_many(self, news: list[_NewRun]) -> list[tuple[RunRecord, bool] | Exception]:
         """Runs started together (StartRun calls that arrived while the previous batches
-        were being started): their workflows read in one query, the runs inserted in one
-        statement, then advanced together. The runs are committed before their first tasks
-        are submitted, so the end of a task that ran at once finds its run."""
+        were being started): their workflows read in one query, then one transaction
+        inserts the runs and records their first moves. The callers are answered once it
+        commits; the first tasks are submitted right after, with at most FOLLOW_UPS
+        batches under way (past that, a caller waits: backpressure). Committed first, a
+        run is found by the end of a task that ran at once; an orchestrator that stops
+        before the submission leaves it to the reconciler, as for any advance."""
         records = await self._workflows.workflows_asked({(new.name, new.version) for new in news})
         rows = []
         for new in news:
@@ -165,31 +172,48 @@ class Runs:
                 rows.append(
                     NewRun(record, new.input, new.idempotency_key, defn.timeout_s, new.trace)
                 )
-        inserted = iter(await self._store.insert_runs(rows))
+        moves: list[Move] = []
+        async with self._store.starting(rows) as (tx, inserted):
+            for run in tx.runs:
+                move = plan_move(run, await self._definition(run.workflow, run.version), [], [], ())
+                started = {"workflow": run.workflow, "version": run.version}
+                move.events.insert(0, ("run.started", "", started))
+                moves.append(move)
+            await self._carry_out(tx, moves)
+        for move in moves:
+            metrics.RUNS_STARTED.labels(move.run.workflow).inc()
+        await self._following.acquire()
+        follow_up = asyncio.create_task(self._follow_up(moves))
+        self._follow_ups.add(follow_up)
+        follow_up.add_done_callback(self._followed_up)
+        # A run its first move ended (every step skipped) is answered as it ended.
+        ended = {move.run.id: move.plan for move in moves if move.plan.ended is not None}
         answers: list[tuple[RunRecord, bool] | Exception] = []
+        runs = iter(inserted)
         for new in news:
-            if (new.name, new.version) in records:
-                answers.append(next(inserted))
-            else:
+            if (new.name, new.version) not in records:
                 which = f" version {new.version}" if new.version else ""
                 answers.append(NotFound(f"no workflow {new.name!r}{which}"))
-        created = [a[0] for a in answers if not isinstance(a, Exception) and a[1]]
-        for run in created:
-            metrics.RUNS_STARTED.labels(run.workflow).inc()
-        started = [
-            (run.id, [("run.started", "", {"workflow": run.workflow, "version": run.version})])
-            for run in created
-        ]
-        await self._publish(started)
-        moves = await self.advance_many({run.id: () for run in created})
-        # A run whose plan ended it, or whose first tasks were refused, is read again.
-        changed = {move.run.id for move in moves if move.ended or move.refused}
-        return [
-            a
-            if isinstance(a, Exception)
-            else (await self._run(a[0].id) if a[0].id in changed else a[0], a[1])
-            for a in answers
-        ]
+                continue
+            run, created = next(runs)
+            plan = ended.get(run.id)
+            if plan is not None and plan.ended is not None:
+                run = replace(run, state=plan.ended, output=plan.output, error=plan.error)
+            answers.append((run, created))
+        return answers
+
+    def _followed_up(self, follow_up: asyncio.Task[None]) -> None:
+        self._follow_ups.discard(follow_up)
+        self._following.release()
+        if not follow_up.cancelled() and follow_up.exception() is not None:
+            log.error(
+                "started runs not followed up; the reconciler will",
+                exc_info=follow_up.exception(),
+            )
+
+    async def settle(self) -> None:
+        """Waits for the started runs' first submissions under way."""
+        await asyncio.gather(*self._follow_ups, return_exceptions=True)
 
     async def _run(self, run_id: uuid.UUID) -> RunRecord:
         run = await self._store.run(run_id)
@@ -251,11 +275,17 @@ class Runs:
                 defn = await self._definition(run.workflow, run.version)
                 moves.append(plan_move(run, defn, *tx.steps[run.id], ends_by_run[run.id]))
             await self._carry_out(tx, moves)
+        await self._follow_up(moves)
+        return moves
+
+    async def _follow_up(self, moves: Sequence[Move]) -> None:
+        """What follows the commit of moves: their tasks submitted, their events published,
+        the cancelled work stopped, child runs advanced, parents told; then the tasks
+        TaskService refused fail."""
         refused = await self._submit(moves)
         await self._after(moves)
         for move, exc in refused:
             await self._fail_refused(move, exc)
-        return moves
 
     async def _after(self, moves: Sequence[Move]) -> None:
         """What follows the commit of moves: their events, the cancelled work stopped, the
@@ -366,7 +396,6 @@ class Runs:
     async def _fail_refused(self, move: Move, exc: InvalidArgument) -> None:
         """TaskService refused a move's tasks: they fail, with the reason on their step,
         and the run goes on from there (on_failure, or it fails)."""
-        move.refused = True
         error = f"TaskService refused its task: {exc}"
         ids = [task_id_for(spec.idempotency_key) for spec in move.specs]
         await self.advance(move.run.id, [TaskEnd(i, "FAILED", error=error) for i in ids])

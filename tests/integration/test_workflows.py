@@ -344,10 +344,10 @@ async def test_a_step_recorded_but_never_submitted_is_submitted_again_as_the_sam
         # What the crashed orchestrator left: the run, and s1's task recorded as running.
         store = orchestrator.runs._store
         workflow = await orchestrator.runs.workflow("chain")
-        [(run, _)] = await store.insert_runs([NewRun(workflow, {"n": 5}, None, None, {})])
-        key = f"run:{run.id}:s1:0:{run.attempt}"
-        task_id = task_id_for(key)
-        async with store.locked([run.id]) as tx:
+        async with store.starting([NewRun(workflow, {"n": 5}, None, None, {})]) as (tx, started):
+            [(run, _)] = started
+            key = f"run:{run.id}:s1:0:{run.attempt}"
+            task_id = task_id_for(key)
             await tx.add_tasks([StartedStep(run.id, "s1", run.attempt, [task_id])])
 
         ended = await until_ended(workflows, str(run.id))
