@@ -352,8 +352,8 @@ class RunTx:
         await self._conn.execute(
             "INSERT INTO orchestrator.step_tasks"
             " (run_id, step, item, attempt, task_id, state, started_at)"
-            " SELECT r, s, i, a, t, 'RUNNING', now() FROM unnest(%(runs)s::uuid[],"
-            " %(steps)s::text[], %(items)s::int[], %(attempts)s::int[], %(tasks)s::uuid[])"
+            " SELECT r, s, i, a, t, 'RUNNING', now() FROM unnest(%(runs)b::uuid[],"
+            " %(steps)b::text[], %(items)b::int[], %(attempts)b::int[], %(tasks)b::uuid[])"
             " AS u(r, s, i, a, t)"
             " ON CONFLICT (run_id, step, item) DO UPDATE SET attempt = excluded.attempt,"
             " task_id = excluded.task_id, state = 'RUNNING', output = NULL, error = '',"
@@ -375,8 +375,8 @@ class RunTx:
         await self._conn.execute(
             "UPDATE orchestrator.step_tasks t SET state = v.state, output = v.output,"
             " error = v.error, finished_at = now()"
-            " FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(outputs)b::bytea[],"
-            " %(errors)s::text[]) AS v(task_id, state, output, error)"
+            " FROM unnest(%(ids)b::uuid[], %(states)b::text[], %(outputs)b::bytea[],"
+            " %(errors)b::text[]) AS v(task_id, state, output, error)"
             " WHERE t.task_id = v.task_id AND t.state = 'RUNNING'",
             {
                 "ids": [e.task_id for e in ends],
@@ -403,7 +403,7 @@ class RunTx:
         rows = await _fetch(
             self._conn,
             "UPDATE orchestrator.step_tasks SET state = 'CANCELLED', finished_at = now()"
-            " WHERE run_id = %(run_id)s AND step = ANY(%(steps)s::text[]) AND state = 'RUNNING'"
+            " WHERE run_id = %(run_id)s AND step = ANY(%(steps)b::text[]) AND state = 'RUNNING'"
             " RETURNING step, task_id",
             {"run_id": run_id, "steps": list(steps)},
         )
@@ -441,8 +441,8 @@ class RunTx:
         await self._conn.execute(
             "UPDATE orchestrator.runs r SET state = v.state, output = v.output,"
             " error = v.error, updated_at = now(), finished_at = now()"
-            " FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(outputs)b::bytea[],"
-            " %(errors)s::text[]) AS v(id, state, output, error) WHERE r.id = v.id",
+            " FROM unnest(%(ids)b::uuid[], %(states)b::text[], %(outputs)b::bytea[],"
+            " %(errors)b::text[]) AS v(id, state, output, error) WHERE r.id = v.id",
             {
                 "ids": [e.run_id for e in ends],
                 "states": [e.state.value for e in ends],
@@ -459,7 +459,7 @@ class RunTx:
     async def touch(self, run_ids: Sequence[uuid.UUID]) -> None:
         if run_ids:
             await self._conn.execute(
-                "UPDATE orchestrator.runs SET updated_at = now() WHERE id = ANY(%(ids)s::uuid[])",
+                "UPDATE orchestrator.runs SET updated_at = now() WHERE id = ANY(%(ids)b::uuid[])",
                 {"ids": list(run_ids)},
             )
 
@@ -477,8 +477,8 @@ _RUN_COLUMNS = (
 _INSERT_RUNS = (
     f"INSERT INTO orchestrator.runs ({_RUN_COLUMNS})"
     " SELECT id, w, v, 'RUNNING', i, k, now(), now(), now() + make_interval(secs => d), 0, t"
-    " FROM unnest(%(ids)s::uuid[], %(workflows)s::text[], %(versions)s::int[],"
-    " %(inputs)b::bytea[], %(keys)s::text[], %(deadlines)s::float8[], %(traces)s::jsonb[])"
+    " FROM unnest(%(ids)b::uuid[], %(workflows)b::text[], %(versions)b::int[],"
+    " %(inputs)b::bytea[], %(keys)b::text[], %(deadlines)b::float8[], %(traces)b::jsonb[])"
     " AS u(id, w, v, i, k, d, t)"
     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
 )
@@ -489,12 +489,12 @@ _INSERT_CHILD_RUN = (
     " %(parent_run)s, %(parent_step)s)"
     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
 )
-_RUNS_BY_KEY = "SELECT * FROM orchestrator.runs WHERE idempotency_key = ANY(%(keys)s::text[])"
+_RUNS_BY_KEY = "SELECT * FROM orchestrator.runs WHERE idempotency_key = ANY(%(keys)b::text[])"
 _LOCK_RUNS = (
-    "SELECT * FROM orchestrator.runs WHERE id = ANY(%(ids)s::uuid[]) ORDER BY id FOR UPDATE"
+    "SELECT * FROM orchestrator.runs WHERE id = ANY(%(ids)b::uuid[]) ORDER BY id FOR UPDATE"
 )
 _STEP_TASKS = (
-    "SELECT * FROM orchestrator.step_tasks WHERE run_id = ANY(%(ids)s::uuid[])"
+    "SELECT * FROM orchestrator.step_tasks WHERE run_id = ANY(%(ids)b::uuid[])"
     " ORDER BY run_id, step, item"
 )
-_STEP_MARKS = "SELECT * FROM orchestrator.step_marks WHERE run_id = ANY(%(ids)s::uuid[])"
+_STEP_MARKS = "SELECT * FROM orchestrator.step_marks WHERE run_id = ANY(%(ids)b::uuid[])"
