@@ -4,6 +4,7 @@ transaction, so the same code runs behind a transaction-mode pooler."""
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -31,13 +32,19 @@ def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+_AUTOCOMMIT: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
+
+
 @asynccontextmanager
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A pooled connection's psycopg connection itself, in autocommit mode (a statement is
     its own transaction; `transaction()` opens one). For the hot statements: SQLAlchemy's
     per-statement and per-row work is a good part of their cost, and psycopg's pipeline
     mode sends several statements in one round trip."""
-    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    autocommit = _AUTOCOMMIT.get(engine)
+    if autocommit is None:
+        # Made once per engine: making it is a good part of a short statement's cost.
+        autocommit = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
     async with autocommit.connect() as conn:
         raw = await conn.get_raw_connection()
         yield raw.driver_connection  # type: ignore[misc]

@@ -240,9 +240,9 @@ class RunStore:
             conn.pipeline(),
             conn.transaction(),
         ):
-            runs = conn.cursor(row_factory=namedtuple_row)
-            tasks = conn.cursor(row_factory=namedtuple_row)
-            marks = conn.cursor(row_factory=namedtuple_row)
+            runs = conn.cursor(row_factory=namedtuple_row, binary=True)
+            tasks = conn.cursor(row_factory=namedtuple_row, binary=True)
+            marks = conn.cursor(row_factory=namedtuple_row, binary=True)
             await runs.execute(_LOCK_RUNS, ids)
             await tasks.execute(_STEP_TASKS, ids)
             await marks.execute(_STEP_MARKS, ids)
@@ -465,7 +465,7 @@ class RunTx:
 
 
 async def _fetch(conn: psycopg.AsyncConnection[Any], sql: str, params: Any) -> list[Any]:
-    async with conn.cursor(row_factory=namedtuple_row) as cursor:
+    async with conn.cursor(row_factory=namedtuple_row, binary=True) as cursor:
         await cursor.execute(sql, params)
         return await cursor.fetchall()
 

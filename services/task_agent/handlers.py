@@ -1,6 +1,7 @@
 """How a website's engineers write task handlers: a decorated function (async, or plain to
 run in a thread) that names its type and defaults, and gets a context."""
 
+import functools
 import importlib
 import inspect
 import threading
@@ -53,12 +54,19 @@ class TaskContext:
     task_id: str
     type: str
     attempt: int
-    log: Any
     resources: Resources
     _report: Callable[[float], Awaitable[None]]
     # Set when the task is cancelled; async handlers are also cancelled outright, threads
     # can only look at it.
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @functools.cached_property
+    def log(self) -> Any:
+        """A logger whose lines name the task, made when a handler first logs (most never
+        do, and making one is a good part of a short task's cost)."""
+        return structlog.get_logger("task").bind(
+            task_id=self.task_id, task_type=self.type, attempt=self.attempt
+        )
 
     async def heartbeat(self, progress: float) -> None:
         """Reports progress (0..1); the agent also keeps the lease alive on its own."""
@@ -136,7 +144,3 @@ class Handlers:
     @property
     def queues(self) -> list[str]:
         return sorted({h.task_type.queue for h in self._by_type.values()})
-
-
-def bound_logger(task_id: str, type_: str, attempt: int) -> Any:
-    return structlog.get_logger("task").bind(task_id=task_id, task_type=type_, attempt=attempt)

@@ -26,7 +26,6 @@ from services.task_agent.handlers import (
     Resources,
     RetryableError,
     TaskContext,
-    bound_logger,
 )
 from services.task_agent.limits import ConcurrencySlots
 from services.task_agent.model import DeadLetterReason, Holder, NewTask, Task, TaskType
@@ -361,7 +360,6 @@ class Worker:
             task_id=str(task.id),
             type=task.type,
             attempt=task.attempts,
-            log=bound_logger(str(task.id), task.type, task.attempts),
             resources=self._resources,
             _report=lambda p: self._report_progress(task, p),
         )
