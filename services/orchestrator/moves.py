@@ -69,8 +69,9 @@ class Move:
     events: list[Event]
     cancelled: list[tuple[str, uuid.UUID]] = field(default_factory=list)
     children: list[uuid.UUID] = field(default_factory=list)
-    # The tasks of the steps it starts, submitted once the move is committed.
+    # The tasks of the steps it starts, submitted once the move is committed, and their ids.
     specs: list[tasks_pb2.TaskSpec] = field(default_factory=list)
+    task_ids: list[uuid.UUID] = field(default_factory=list)
 
     @property
     def ended(self) -> bool:

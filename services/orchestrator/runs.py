@@ -1,16 +1,17 @@
 """Workflow runs: start, advance as their tasks end, cancel, retry. Every change of a run
-happens under its row lock, and the tasks a step needs are submitted inside that lock with
-idempotency keys (run, step, item, attempt): an orchestrator that dies anywhere leaves a
-run another one (or its restart) advances from where it stood, and no step is dispatched
-twice. Runs move in batches: the task ends of one event read, or the StartRun calls that
-arrive together, go in one transaction holding all their locks."""
+happens under its row lock. The tasks a step needs are recorded under that lock with
+idempotency keys (run, step, item, attempt), which give them their ids, and submitted once
+it is released: an orchestrator that dies anywhere leaves a run another one (or its
+restart) advances from where it stood, submitting again what never reached TaskService, and
+no step is dispatched twice. Runs move in batches: the task ends of one event read, or the
+StartRun calls that arrive together, go in one transaction holding all their locks."""
 
 import asyncio
 import contextlib
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -173,17 +174,25 @@ class Runs:
                     NewRun(record, new.input, new.idempotency_key, defn.timeout_s, new.trace)
                 )
         moves: list[Move] = []
-        async with self._store.starting(rows) as (tx, inserted):
-            for run in tx.runs:
-                move = plan_move(run, await self._definition(run.workflow, run.version), [], [], ())
-                started = {"workflow": run.workflow, "version": run.version}
-                move.events.insert(0, ("run.started", "", started))
-                moves.append(move)
-            await self._carry_out(tx, moves)
+        release = None
+        try:
+            async with self._store.starting(rows) as (tx, inserted):
+                for run in tx.runs:
+                    defn = await self._definition(run.workflow, run.version)
+                    move = plan_move(run, defn, [], [], ())
+                    started = {"workflow": run.workflow, "version": run.version}
+                    move.events.insert(0, ("run.started", "", started))
+                    moves.append(move)
+                await self._carry_out(tx, moves)
+                release = self._hold_cancels(moves)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         for move in moves:
             metrics.RUNS_STARTED.labels(move.run.workflow).inc()
         await self._following.acquire()
-        follow_up = asyncio.create_task(self._follow_up(moves))
+        follow_up = asyncio.create_task(self._follow_up(moves, release))
         self._follow_ups.add(follow_up)
         follow_up.add_done_callback(self._followed_up)
         # A run its first move ended (every step skipped) is answered as it ended.
@@ -266,23 +275,38 @@ class Runs:
         orchestrator that stops between the commit and the call leaves tasks TaskService
         does not know; the reconciler finds them lost and submits them again."""
         moves: list[Move] = []
-        async with self._store.locked(list(ends_by_run)) as tx:
-            running = [run for run in tx.runs if run.state == RunState.RUNNING]
-            await tx.finish_tasks(
-                [end for run in running for end in ends_by_run[run.id] if end.state != LOST]
-            )
-            for run in running:
-                defn = await self._definition(run.workflow, run.version)
-                moves.append(plan_move(run, defn, *tx.steps[run.id], ends_by_run[run.id]))
-            await self._carry_out(tx, moves)
-        await self._follow_up(moves)
+        release = None
+        try:
+            async with self._store.locked(list(ends_by_run)) as tx:
+                running = [run for run in tx.runs if run.state == RunState.RUNNING]
+                await tx.finish_tasks(
+                    [end for run in running for end in ends_by_run[run.id] if end.state != LOST]
+                )
+                for run in running:
+                    defn = await self._definition(run.workflow, run.version)
+                    moves.append(plan_move(run, defn, *tx.steps[run.id], ends_by_run[run.id]))
+                await self._carry_out(tx, moves)
+                release = self._hold_cancels(moves)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        await self._follow_up(moves, release)
         return moves
 
-    async def _follow_up(self, moves: Sequence[Move]) -> None:
-        """What follows the commit of moves: their tasks submitted, their events published,
-        the cancelled work stopped, child runs advanced, parents told; then the tasks
-        TaskService refused fail."""
-        refused = await self._submit(moves)
+    def _hold_cancels(self, moves: Sequence[Move]) -> Callable[[], None]:
+        """From before the commit until the submission: a cancel of these moves' tasks
+        (waiting on the runs' locks meanwhile) finds them submitted."""
+        return self._tasks.hold_cancels([i for move in moves for i in move.task_ids])
+
+    async def _follow_up(self, moves: Sequence[Move], release: Callable[[], None]) -> None:
+        """What follows the commit of moves: their tasks submitted (then cancels of them
+        are let through), their events published, the cancelled work stopped, child runs
+        advanced, parents told; then the tasks TaskService refused fail."""
+        try:
+            refused = await self._submit(moves)
+        finally:
+            release()
         await self._after(moves)
         for move, exc in refused:
             await self._fail_refused(move, exc)
@@ -353,8 +377,9 @@ class Runs:
                     task_spec(start.step, payload, run.id, item, run.attempt, run.trace_context)
                     for item, payload in enumerate(start.payloads)
                 ]
-                move.specs += specs
                 ids = [task_id_for(spec.idempotency_key) for spec in specs]
+                move.specs += specs
+                move.task_ids += ids
                 started.append(StartedStep(run.id, start.step.name, run.attempt, ids))
                 move.events.append(("step.started", start.step.name, {"tasks": len(ids)}))
         await tx.add_tasks(started)
@@ -397,8 +422,7 @@ class Runs:
         """TaskService refused a move's tasks: they fail, with the reason on their step,
         and the run goes on from there (on_failure, or it fails)."""
         error = f"TaskService refused its task: {exc}"
-        ids = [task_id_for(spec.idempotency_key) for spec in move.specs]
-        await self.advance(move.run.id, [TaskEnd(i, "FAILED", error=error) for i in ids])
+        await self.advance(move.run.id, [TaskEnd(i, "FAILED", error=error) for i in move.task_ids])
 
     async def _start_children(self, tx: RunTx, move: Move, start: Start) -> None:
         """A run of the step's workflow per item, keyed like tasks so a retried plan finds

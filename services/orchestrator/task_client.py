@@ -3,7 +3,7 @@
 import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,6 @@ from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libs.common.channels import ServiceChannel
 from libs.common.grpc_errors import from_rpc_error
 from libs.common.identity import AgentIdentity
-from libs.common.task_ids import task_id_for
 from services.orchestrator.definition import StepDef
 
 # SubmitTasks takes at most this many specs per call, GetTasks this many ids.
@@ -81,33 +80,40 @@ class TaskClient:
     def __init__(self, address: str, identity: AgentIdentity | None, timeout_s: float) -> None:
         self._channel = ServiceChannel(address, "task-agent", identity)
         self._timeout_s = timeout_s
-        # Keyed tasks whose SubmitTasks call is under way: a cancel of one waits for it.
+        # Tasks on their way to SubmitTasks: a cancel of one waits for them to land.
         self._submitting: dict[uuid.UUID, asyncio.Future[None]] = {}
 
     @property
     def _stub(self) -> tasks_pb2_grpc.TaskServiceStub:
         return self._channel.stub(tasks_pb2_grpc.TaskServiceStub)
 
+    def hold_cancels(self, task_ids: Sequence[uuid.UUID]) -> Callable[[], None]:
+        """Until the function it answers is called, a cancel of one of `task_ids` waits:
+        they are recorded (or about to be) and not yet submitted, and a cancel that found
+        no task would let the submission that follows run it."""
+        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for task_id in task_ids:
+            self._submitting[task_id] = landed
+
+        def release() -> None:
+            for task_id in task_ids:
+                if self._submitting.get(task_id) is landed:
+                    del self._submitting[task_id]
+            if not landed.done():
+                landed.set_result(None)
+
+        return release
+
     async def submit(self, specs: Sequence[tasks_pb2.TaskSpec]) -> list[uuid.UUID]:
         """The tasks' ids, in order (existing ones for keys submitted before)."""
-        keyed = [task_id_for(spec.idempotency_key) for spec in specs if spec.idempotency_key]
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for task_id in keyed:
-            self._submitting[task_id] = done
         ids: list[uuid.UUID] = []
-        try:
-            for start in range(0, len(specs), BATCH):
-                request = tasks_pb2.SubmitTasksRequest(tasks=specs[start : start + BATCH])
-                try:
-                    reply = await self._stub.SubmitTasks(request, timeout=self._timeout_s)
-                except grpc.aio.AioRpcError as exc:
-                    raise from_rpc_error(exc) from None
-                ids += [uuid.UUID(task.id) for task in reply.tasks]
-        finally:
-            for task_id in keyed:
-                if self._submitting.get(task_id) is done:
-                    del self._submitting[task_id]
-            done.set_result(None)
+        for start in range(0, len(specs), BATCH):
+            request = tasks_pb2.SubmitTasksRequest(tasks=specs[start : start + BATCH])
+            try:
+                reply = await self._stub.SubmitTasks(request, timeout=self._timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from None
+            ids += [uuid.UUID(task.id) for task in reply.tasks]
         return ids
 
     async def ends(self, task_ids: Sequence[uuid.UUID]) -> list[TaskEnd]:
@@ -130,7 +136,7 @@ class TaskClient:
         return ends
 
     async def cancel(self, task_ids: Sequence[uuid.UUID]) -> None:
-        """Cancels tasks, once any submission of theirs under way has landed (a run is
+        """Cancels tasks, once those on their way to SubmitTasks have landed (a run can be
         cancelled between the commit that records a step's tasks and their submission)."""
         landing = {self._submitting[t] for t in task_ids if t in self._submitting}
         if landing:

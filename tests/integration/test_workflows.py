@@ -16,7 +16,7 @@ from agentry.workflows.v1 import workflows_pb2_grpc
 from libs.common.redis_client import Keys
 from libs.common.task_ids import task_id_for
 from services.orchestrator.run_store import NewRun, StartedStep
-from tests.integration.task_client import stub_for
+from tests.integration.task_client import stub_for, terminal, until
 from tests.integration.workflow_client import register, start, until_ended
 from tests.secure import channel_to
 
@@ -181,6 +181,26 @@ async def test_a_run_is_cancelled_with_its_running_tasks(workflows) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as twice:
         await workflows.CancelRun(W.CancelRunRequest(run_id=started.run.id))
     assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_run_cancelled_as_it_starts_leaves_no_task_running(
+    make_task_agent, make_orchestrator
+) -> None:
+    """StartRun answers before the run's first task is submitted: a cancel that follows at
+    once waits for the submission to land, then cancels the task it made."""
+    agent = await make_task_agent(lease_s=1.0)
+    orchestrator = await make_orchestrator(agent)
+    slow = {"name": "slow", "steps": [{"name": "nap", "type": "sleep", "input": {"seconds": 30}}]}
+    async with channel_to(orchestrator.server.port, "orchestrator") as channel:
+        workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
+        await register(workflows, slow)
+        started = await start(workflows, "slow", {})
+        await workflows.CancelRun(W.CancelRunRequest(run_id=started.run.id))
+        run = (await workflows.GetRun(W.GetRunRequest(run_id=started.run.id))).run
+    [task_id] = _steps(run)["nap"].task_ids
+    async with stub_for(agent) as tasks:
+        ended = await until(tasks, task_id, terminal)
+    assert ended.state == tasks_pb2.TASK_STATE_CANCELLED
 
 
 async def test_a_start_with_the_same_idempotency_key_is_the_same_run(workflows) -> None:

@@ -159,7 +159,10 @@ class TaskSpec(_message.Message):
     queue: _builtins.str
     priority: Global___Priority.ValueType
     idempotency_key: _builtins.str
-    """A second submit with the same key returns the first task."""
+    """A second submit with the same key returns the first task. A keyed task's id derives
+    from the key (UUIDv5 in namespace 6f0c1f4e-3d0a-5b7e-9a43-1c2d8e5b7a90), so the
+    caller knows it before the answer.
+    """
     timeout_s: _builtins.float
     """Per attempt."""
     deadline_s: _builtins.float
