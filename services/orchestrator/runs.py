@@ -11,7 +11,7 @@ import contextlib
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -52,7 +52,7 @@ from services.orchestrator.run_store import (
     RunTx,
     StartedStep,
 )
-from services.orchestrator.task_client import LOST, TaskClient, TaskEnd, task_spec
+from services.orchestrator.task_client import LOST, CancelHold, TaskClient, TaskEnd, task_spec
 from services.orchestrator.workflow_store import WorkflowRecord, WorkflowStore
 
 log = structlog.get_logger(__name__)
@@ -174,8 +174,7 @@ class Runs:
                     NewRun(record, new.input, new.idempotency_key, defn.timeout_s, new.trace)
                 )
         moves: list[Move] = []
-        release = None
-        try:
+        with self._tasks.hold() as hold:
             async with self._store.starting(rows) as (tx, inserted):
                 for run in tx.runs:
                     defn = await self._definition(run.workflow, run.version)
@@ -183,16 +182,11 @@ class Runs:
                     started = {"workflow": run.workflow, "version": run.version}
                     move.events.insert(0, ("run.started", "", started))
                     moves.append(move)
-                await self._carry_out(tx, moves)
-                release = self._hold_cancels(moves)
-        except BaseException:
-            if release is not None:
-                release()
-            raise
+                await self._carry_out(tx, moves, hold)
         for move in moves:
             metrics.RUNS_STARTED.labels(move.run.workflow).inc()
         await self._following.acquire()
-        follow_up = asyncio.create_task(self._follow_up(moves, release))
+        follow_up = asyncio.create_task(self._follow_up(moves, hold))
         self._follow_ups.add(follow_up)
         follow_up.add_done_callback(self._followed_up)
         # A run its first move ended (every step skipped) is answered as it ended.
@@ -275,8 +269,7 @@ class Runs:
         orchestrator that stops between the commit and the call leaves tasks TaskService
         does not know; the reconciler finds them lost and submits them again."""
         moves: list[Move] = []
-        release = None
-        try:
+        with self._tasks.hold() as hold:
             async with self._store.locked(list(ends_by_run)) as tx:
                 running = [run for run in tx.runs if run.state == RunState.RUNNING]
                 await tx.finish_tasks(
@@ -285,28 +278,18 @@ class Runs:
                 for run in running:
                     defn = await self._definition(run.workflow, run.version)
                     moves.append(plan_move(run, defn, *tx.steps[run.id], ends_by_run[run.id]))
-                await self._carry_out(tx, moves)
-                release = self._hold_cancels(moves)
-        except BaseException:
-            if release is not None:
-                release()
-            raise
-        await self._follow_up(moves, release)
+                await self._carry_out(tx, moves, hold)
+        await self._follow_up(moves, hold)
         return moves
 
-    def _hold_cancels(self, moves: Sequence[Move]) -> Callable[[], None]:
-        """From before the commit until the submission: a cancel of these moves' tasks
-        (waiting on the runs' locks meanwhile) finds them submitted."""
-        return self._tasks.hold_cancels([i for move in moves for i in move.task_ids])
-
-    async def _follow_up(self, moves: Sequence[Move], release: Callable[[], None]) -> None:
+    async def _follow_up(self, moves: Sequence[Move], hold: CancelHold) -> None:
         """What follows the commit of moves: their tasks submitted (then cancels of them
         are let through), their events published, the cancelled work stopped, child runs
         advanced, parents told; then the tasks TaskService refused fail."""
         try:
             refused = await self._submit(moves)
         finally:
-            release()
+            hold.release()
         await self._after(moves)
         for move, exc in refused:
             await self._fail_refused(move, exc)
@@ -341,8 +324,9 @@ class Runs:
                 with contextlib.suppress(FailedPrecondition):  # it ended meanwhile
                     await self.cancel(str(ident))
 
-    async def _carry_out(self, tx: RunTx, moves: Sequence[Move]) -> None:
-        """Writes what the runs' plans say, in the transaction holding their locks."""
+    async def _carry_out(self, tx: RunTx, moves: Sequence[Move], hold: CancelHold) -> None:
+        """Writes what the runs' plans say, in the transaction holding their locks; the
+        tasks it records are held from cancels until they are submitted."""
         for move in moves:
             run, plan = move.run, move.plan
             for name, state, error in plan.marks:
@@ -352,6 +336,7 @@ class Runs:
                 move.cancelled += await tx.cancel_steps(run.id, plan.cancel)
                 move.events += [("step.cancelled", name, {}) for name in plan.cancel]
         await self._record_tasks(tx, moves)
+        hold.take([task_id for move in moves for task_id in move.task_ids])
         ended = []
         for move in moves:
             for start in move.plan.start:

@@ -3,7 +3,7 @@
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,37 @@ def task_end(task: tasks_pb2.Task) -> TaskEnd | None:
     return None
 
 
+class CancelHold:
+    """Tasks on their way to SubmitTasks, from before the commit that records them until
+    they land: a cancel of one waits meanwhile (one that found no task would let the
+    submission that follows run it). Around the transaction, it ends with it if that fails;
+    else `release` ends it, once the tasks are submitted."""
+
+    def __init__(self, submitting: dict[uuid.UUID, asyncio.Future[None]]) -> None:
+        self._submitting = submitting
+        self._landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task_ids: list[uuid.UUID] = []
+
+    def take(self, task_ids: Sequence[uuid.UUID]) -> None:
+        self._task_ids += task_ids
+        for task_id in task_ids:
+            self._submitting[task_id] = self._landed
+
+    def release(self) -> None:
+        for task_id in self._task_ids:
+            if self._submitting.get(task_id) is self._landed:
+                del self._submitting[task_id]
+        if not self._landed.done():
+            self._landed.set_result(None)
+
+    def __enter__(self) -> "CancelHold":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.release()
+
+
 class TaskClient:
     def __init__(self, address: str, identity: AgentIdentity | None, timeout_s: float) -> None:
         self._channel = ServiceChannel(address, "task-agent", identity)
@@ -87,22 +118,8 @@ class TaskClient:
     def _stub(self) -> tasks_pb2_grpc.TaskServiceStub:
         return self._channel.stub(tasks_pb2_grpc.TaskServiceStub)
 
-    def hold_cancels(self, task_ids: Sequence[uuid.UUID]) -> Callable[[], None]:
-        """Until the function it answers is called, a cancel of one of `task_ids` waits:
-        they are recorded (or about to be) and not yet submitted, and a cancel that found
-        no task would let the submission that follows run it."""
-        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for task_id in task_ids:
-            self._submitting[task_id] = landed
-
-        def release() -> None:
-            for task_id in task_ids:
-                if self._submitting.get(task_id) is landed:
-                    del self._submitting[task_id]
-            if not landed.done():
-                landed.set_result(None)
-
-        return release
+    def hold(self) -> "CancelHold":
+        return CancelHold(self._submitting)
 
     async def submit(self, specs: Sequence[tasks_pb2.TaskSpec]) -> list[uuid.UUID]:
         """The tasks' ids, in order (existing ones for keys submitted before)."""
