@@ -118,7 +118,7 @@ class TaskClient:
     def _stub(self) -> tasks_pb2_grpc.TaskServiceStub:
         return self._channel.stub(tasks_pb2_grpc.TaskServiceStub)
 
-    def hold(self) -> "CancelHold":
+    def hold(self) -> CancelHold:
         return CancelHold(self._submitting)
 
     async def submit(self, specs: Sequence[tasks_pb2.TaskSpec]) -> list[uuid.UUID]:
