@@ -283,30 +283,27 @@ class Runs:
         return moves
 
     async def _follow_up(self, moves: Sequence[Move], hold: CancelHold) -> None:
-        """What follows the commit of moves: their tasks submitted (then cancels of them
-        are let through), their events published, the cancelled work stopped, child runs
-        advanced, parents told; then the tasks TaskService refused fail."""
-        try:
-            refused = await self._submit(moves)
-        finally:
-            hold.release()
-        await self._after(moves)
-        for move, exc in refused:
-            await self._fail_refused(move, exc)
-
-    async def _after(self, moves: Sequence[Move]) -> None:
-        """What follows the commit of moves: their events, the cancelled work stopped, the
-        child runs they started advanced, parents told of runs that ended."""
+        """What follows the commit of moves, in this order: their events published, then
+        their tasks submitted (and cancels of those let through), so that a run's events
+        stay in order (its next ones come from the tasks submitted here); the cancelled
+        work stopped, child runs advanced, parents told of runs that ended; last, the
+        tasks TaskService refused fail."""
         for move in moves:
             if move.plan.ended is not None:
                 metrics.RUNS_FINISHED.labels(move.run.workflow, move.plan.ended.value).inc()
-        await self._publish([(move.run.id, move.events) for move in moves])
+        try:
+            await self._publish([(move.run.id, move.events) for move in moves])
+            refused = await self._submit(moves)
+        finally:
+            hold.release()
         for move in moves:
             await self._stop_work(move.defn, move.cancelled)
             for child in move.children:
                 await self.advance(child)
             if move.ended and move.run.parent_run_id is not None:
                 await self._tell_parent(await self._run(move.run.id))
+        for move, exc in refused:
+            await self._fail_refused(move, exc)
 
     async def _tell_parent(self, child: RunRecord) -> None:
         """A child run ended: its step in the parent run ends the same way."""
