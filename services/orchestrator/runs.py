@@ -283,17 +283,20 @@ class Runs:
         return moves
 
     async def _follow_up(self, moves: Sequence[Move], hold: CancelHold) -> None:
-        """What follows the commit of moves, in this order: their events published, then
-        their tasks submitted (and cancels of those let through), so that a run's events
-        stay in order (its next ones come from the tasks submitted here); the cancelled
-        work stopped, child runs advanced, parents told of runs that ended; last, the
-        tasks TaskService refused fail."""
+        """What follows the commit of moves: their events published and their tasks
+        submitted (then cancels of those let through), the cancelled work stopped, child
+        runs advanced, parents told of runs that ended; last, the tasks TaskService refused
+        fail. The events are sent before the tasks, and the two calls then wait together:
+        a run's next events come from those tasks, so they follow (by many round trips),
+        and the publication adds no wait to a step's start."""
         for move in moves:
             if move.plan.ended is not None:
                 metrics.RUNS_FINISHED.labels(move.run.workflow, move.plan.ended.value).inc()
         try:
-            await self._publish([(move.run.id, move.events) for move in moves])
-            refused = await self._submit(moves)
+            _, refused = await asyncio.gather(
+                self._publish([(move.run.id, move.events) for move in moves]),
+                self._submit(moves),
+            )
         finally:
             hold.release()
         for move in moves:
