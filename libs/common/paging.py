@@ -6,6 +6,9 @@ import binascii
 import json
 import uuid
 from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
 
 from libs.common.errors import InvalidArgument
 
@@ -13,6 +16,16 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 Cursor = tuple[datetime, uuid.UUID]
+
+
+def newest_first(
+    query: sa.Select[Any], table: sa.Table, after: Cursor | None, limit: int
+) -> sa.Select[Any]:
+    """`query` as one page of `table`'s rows, newest first, after the row `after` names."""
+    if after is not None:
+        key = sa.tuple_(table.c.created_at, table.c.id)
+        query = query.where(key < sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+    return query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
 
 
 def page_token(cursor: Cursor) -> str:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.common.paging import Cursor
+from libs.common.paging import Cursor, newest_first
 from services.analysis.detectors import MINUTE, Recent
 from services.analysis.insights import Changes, Insight
 from services.analysis.store import (
@@ -139,18 +139,13 @@ class InsightStore:
     ) -> list[Insight]:
         """Newest first."""
         query = sa.select(insights)
-        if after is not None:
-            query = query.where(
-                sa.tuple_(insights.c.created_at, insights.c.id)
-                < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
-            )
         if subject is not None:
             query = query.where(insights.c.subject == subject)
         if state is not None:
             query = query.where(insights.c.state == state)
         if seen_since is not None:
             query = query.where(insights.c.window_end >= seen_since)
-        query = query.order_by(insights.c.created_at.desc(), insights.c.id.desc()).limit(limit)
+        query = newest_first(query, insights, after, limit)
         async with self._engine.connect() as conn:
             return [_insight(r) for r in await conn.execute(query)]
 

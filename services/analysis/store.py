@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.common.paging import Cursor
+from libs.common.paging import Cursor, newest_first
 from services.analysis.canary import CanaryAnalysis, Verdict
 from services.analysis.history import Fold, Rollup, minute_of
 from services.analysis.reports import ErrorSignature, GroupTotals
@@ -376,16 +376,9 @@ class HistoryStore:
     ) -> list[CanaryAnalysis]:
         """Newest first."""
         query = sa.select(canary_analyses)
-        if after is not None:
-            query = query.where(
-                sa.tuple_(canary_analyses.c.created_at, canary_analyses.c.id)
-                < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
-            )
         if subject is not None:
             query = query.where(canary_analyses.c.subject == subject)
-        query = query.order_by(
-            canary_analyses.c.created_at.desc(), canary_analyses.c.id.desc()
-        ).limit(limit)
+        query = newest_first(query, canary_analyses, after, limit)
         async with self._engine.connect() as conn:
             return [_canary_analysis(row) for row in await conn.execute(query)]
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common.crypto import Keyring
 from libs.common.db import driver_connection
+from libs.common.paging import newest_first
 from services.task_agent.model import Holder, NewTask, Task, TaskState
 from services.task_agent.tables import (
     dead_letters,
@@ -152,15 +153,14 @@ class TaskStore:
         after: tuple[datetime, uuid.UUID] | None,
     ) -> list[Task]:
         """Newest first, keyset-paginated on (created_at, id)."""
-        query = sa.select(tasks).order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
+        query = sa.select(tasks)
         if state:
             query = query.where(tasks.c.state == state.value)
         if type_:
             query = query.where(tasks.c.type == type_)
         if queue:
             query = query.where(tasks.c.queue == queue)
-        if after:
-            query = query.where(sa.tuple_(tasks.c.created_at, tasks.c.id) < sa.tuple_(*after))
+        query = newest_first(query, tasks, after, limit)
         async with self._single() as conn:
             return [self._task(row) for row in await conn.execute(query)]
 
