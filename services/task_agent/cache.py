@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio as redis
 import structlog
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from libs.common.crypto import Keyring, Undecryptable
 from libs.common.redis_client import Keys
@@ -75,19 +76,32 @@ class TaskCache:
     async def put(self, tasks: Sequence[Task]) -> None:
         if tasks:
             async with self._redis.pipeline(transaction=False) as pipe:
-                await self.queue_put(pipe, tasks)
-                await pipe.execute()
+                self.queue_put(pipe, tasks)
+                replies = await pipe.execute(raise_on_error=False)
+            await self.settle_put(tasks, replies)
 
-    async def queue_put(self, pipe: Pipeline, tasks: Sequence[Task]) -> None:
-        """Adds the writes of `tasks` to a caller's pipeline. One script call per task: on a
-        cluster, tasks' keys live on different nodes."""
+    def queue_put(self, pipe: Pipeline, tasks: Sequence[Task]) -> None:
+        """Adds the writes of `tasks` to a caller's pipeline, one script call per task (on a
+        cluster, tasks' keys live on different nodes), by its digest: redis-py would first
+        ask Redis whether a pipeline's scripts are loaded, a round trip of its own. The
+        caller hands their replies to `settle_put`."""
         for task in tasks:
             value = json.dumps(self._encode(task), separators=(",", ":"))
-            await self._put(
-                keys=[self._keys.task_cache(str(task.id))],
-                args=[self._ttl_s, task.version, value],
-                client=pipe,
-            )
+            key = self._keys.task_cache(str(task.id))
+            pipe.evalsha(self._put.sha, 1, key, self._ttl_s, task.version, value)
+
+    async def settle_put(self, tasks: Sequence[Task], replies: Sequence[Any]) -> None:
+        """After a pipeline with `queue_put(tasks)`: the writes Redis did not run for want of
+        the script (a new or restarted Redis) are made again once it is loaded; any other
+        error is raised."""
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if not errors:
+            return
+        other = next((e for e in errors if not isinstance(e, NoScriptError)), None)
+        if other is not None:
+            raise other
+        await self._redis.script_load(_PUT_IF_NEWER)
+        await self.put([t for t, r in zip(tasks, replies, strict=True) if isinstance(r, Exception)])
 
     async def forget(self, task_id: uuid.UUID) -> None:
         await self._redis.delete(self._keys.task_cache(str(task_id)))

@@ -99,11 +99,15 @@ class TaskChanges:
                 and len(task.result) <= RESULT_IN_EVENT_BYTES
             ):
                 event.sealed_result = self._keyring.encrypt(task.result, sealed_result_aad(task.id))
+        cached = [] if new else changed
         async with self._redis.pipeline(transaction=False) as pipe:
-            if not new:
-                await self.cache.queue_put(pipe, changed)
+            self.cache.queue_put(pipe, cached)
             self.events.queue_events(pipe, events)
-            await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
+        published = next((r for r in replies[len(cached) :] if isinstance(r, Exception)), None)
+        if published is not None:
+            raise published
+        await self.cache.settle_put(cached, replies[: len(cached)])
 
     async def progressed(self, task_id: uuid.UUID) -> None:
         """Progress is not worth an event; the cached copy is dropped instead."""

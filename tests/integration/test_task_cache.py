@@ -72,3 +72,19 @@ async def test_a_cache_miss_reads_postgres(make_task_agent) -> None:
         again = (await stub.GetTask(S.GetTaskRequest(task_id=task.id))).task
 
     assert again == task
+
+
+async def test_the_cache_is_written_after_redis_forgets_its_scripts(
+    make_task_agent, redis_url, redis_prefix
+) -> None:
+    """Cache writes name their script by digest; a Redis that lost its scripts (restarted,
+    or flushed) still gets every change."""
+    agent = await make_task_agent()
+    client = redis.Redis.from_url(redis_url)
+    async with stub_for(agent) as stub:
+        await client.script_flush()
+        task = await until(stub, (await submit(stub, "echo", {"n": 2})).id, terminal)
+        raw = await client.get(Keys(redis_prefix).task_cache(task.id))
+    await client.aclose()
+
+    assert raw is not None and b'"state":"SUCCEEDED"' in raw
