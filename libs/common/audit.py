@@ -58,7 +58,10 @@ _FORMAT = b"agentry.audit.v1"
 _TEXT_FIELDS = ("principal", "role", "action", "resource", "outcome", "trace_id", "via", "detail")
 
 _APPEND = f"SELECT audit.append({', '.join(['%s::text[]'] * len(_TEXT_FIELDS))})"
-_PAGE = "SELECT * FROM audit.entries WHERE id > %s ORDER BY id LIMIT %s"
+_PAGE = (
+    f"SELECT id, at, {', '.join(_TEXT_FIELDS)}, prev_hash, hash FROM audit.entries"
+    " WHERE id > %s ORDER BY id LIMIT %s"
+)
 
 ProblemKind = Literal["altered", "removed", "reordered"]
 

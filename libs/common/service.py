@@ -68,7 +68,11 @@ class GrpcApp:
         self.agent_id = f"{self.role}/{settings.instance}"
         self.lifecycle = Lifecycle()
         self.security = security or load_security(settings)
-        self._audit_engine = create_engine(settings.database_url, pool_size=2)
+        self._audit_engine = create_engine(
+            settings.database_url,
+            pool_size=2,
+            prepared_statements=settings.database_prepared_statements,
+        )
         self.audit = AuditLog(self._audit_engine)
         identity = self.security.identity
         self.server = GrpcServer(

@@ -29,6 +29,9 @@ class ServiceSettings(BaseSettings):
     redis_url: str = Field(
         validation_alias=AliasChoices("AGENTRY_REDIS_URL", "REDIS_URL", "redis_url")
     )
+    # Off behind a pooler that cannot keep prepared statements (PgBouncer before 1.21, or
+    # without `max_prepared_statements`).
+    database_prepared_statements: bool = True
     # Every Redis key starts with it; tests give each test its own.
     redis_prefix: str = "agentry"
     instance: str = Field(default_factory=_default_instance)

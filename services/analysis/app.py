@@ -40,7 +40,11 @@ class AnalysisApp(GrpcApp):
     role = "analysis"
 
     def __init__(self, settings: AnalysisSettings) -> None:
-        engine = create_engine(settings.database_url, pool_size=4)
+        engine = create_engine(
+            settings.database_url,
+            pool_size=4,
+            prepared_statements=settings.database_prepared_statements,
+        )
         history = HistoryStore(engine)
         redis = create_redis(settings.redis_url)
         keys = Keys(settings.redis_prefix)

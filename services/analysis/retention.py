@@ -87,7 +87,7 @@ async def _move(conn: AsyncConnection, table: sa.Table, before: datetime) -> lis
         f"DELETE FROM {name} WHERE ctid IN ("
         f" SELECT ctid FROM {name} WHERE minute < :before"
         "  AND extract(epoch FROM minute)::bigint % 3600 <> 0 LIMIT :batch)"
-        " RETURNING *"
+        f" RETURNING {', '.join(column.name for column in table.c)}"
     )
     return list(await conn.execute(query, {"before": before, "batch": BATCH}))
 

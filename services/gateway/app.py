@@ -72,7 +72,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, pool_size=2)
+        engine = create_engine(
+            settings.database_url,
+            pool_size=2,
+            prepared_statements=settings.database_prepared_statements,
+        )
         app.state.redis = create_redis(settings.redis_url)
         app.state.rate_limit = PrincipalRateLimit(
             app.state.redis,

@@ -87,7 +87,11 @@ class OrchestratorApp(GrpcApp):
     role = "orchestrator"
 
     def __init__(self, settings: OrchestratorSettings) -> None:
-        self._engine = create_engine(settings.database_url, pool_size=8)
+        self._engine = create_engine(
+            settings.database_url,
+            pool_size=8,
+            prepared_statements=settings.database_prepared_statements,
+        )
         self._redis = create_redis(settings.redis_url)
         keys = Keys(settings.redis_prefix)
         self.events = EventBus(self._redis, keys, source=f"orchestrator/{settings.instance}")

@@ -188,7 +188,8 @@ class RunStore:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.text("SELECT * FROM orchestrator.runs WHERE id = :id"), {"id": run_id}
+                    sa.text(f"SELECT {_RUN_READ} FROM orchestrator.runs WHERE id = :id"),
+                    {"id": run_id},
                 )
             ).first()
         return self._run(row) if row else None
@@ -212,7 +213,7 @@ class RunStore:
             clauses.append("(created_at, id) < (:at, :after_id)")
             params["at"], params["after_id"] = after
         query = (
-            f"SELECT * FROM orchestrator.runs WHERE {' AND '.join(clauses)}"
+            f"SELECT {_RUN_READ} FROM orchestrator.runs WHERE {' AND '.join(clauses)}"
             " ORDER BY created_at DESC, id DESC LIMIT :limit"
         )
         async with self._engine.connect() as conn:
@@ -474,27 +475,39 @@ _RUN_COLUMNS = (
     "id, workflow, version, state, input, idempotency_key, created_at, updated_at,"
     " deadline_at, depth, trace_context"
 )
+# What a RunRecord is made of; named, not `*` (see libs/common/db.py).
+_RUN_READ = (
+    "id, workflow, version, state, attempt, input, output, error, idempotency_key, created_at,"
+    " updated_at, deadline_at, parent_run_id, depth, trace_context"
+)
 _INSERT_RUNS = (
     f"INSERT INTO orchestrator.runs ({_RUN_COLUMNS})"
     " SELECT id, w, v, 'RUNNING', i, k, now(), now(), now() + make_interval(secs => d), 0, t"
     " FROM unnest(%(ids)b::uuid[], %(workflows)b::text[], %(versions)b::int[],"
     " %(inputs)b::bytea[], %(keys)b::text[], %(deadlines)b::float8[], %(traces)b::jsonb[])"
     " AS u(id, w, v, i, k, d, t)"
-    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+    f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_RUN_READ}"
 )
 _INSERT_CHILD_RUN = (
     f"INSERT INTO orchestrator.runs ({_RUN_COLUMNS}, parent_run_id, parent_step)"
     " VALUES (%(id)s, %(workflow)s, %(version)s, 'RUNNING', %(input)s, %(key)s, now(), now(),"
     " now() + make_interval(secs => %(deadline)s), %(depth)s, %(trace_context)s::jsonb,"
     " %(parent_run)s, %(parent_step)s)"
-    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+    f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_RUN_READ}"
 )
-_RUNS_BY_KEY = "SELECT * FROM orchestrator.runs WHERE idempotency_key = ANY(%(keys)b::text[])"
+_RUNS_BY_KEY = (
+    f"SELECT {_RUN_READ} FROM orchestrator.runs WHERE idempotency_key = ANY(%(keys)b::text[])"
+)
 _LOCK_RUNS = (
-    "SELECT * FROM orchestrator.runs WHERE id = ANY(%(ids)b::uuid[]) ORDER BY id FOR UPDATE"
+    f"SELECT {_RUN_READ} FROM orchestrator.runs WHERE id = ANY(%(ids)b::uuid[])"
+    " ORDER BY id FOR UPDATE"
 )
 _STEP_TASKS = (
-    "SELECT * FROM orchestrator.step_tasks WHERE run_id = ANY(%(ids)b::uuid[])"
+    "SELECT run_id, step, item, attempt, task_id, state, output, error, started_at, finished_at"
+    " FROM orchestrator.step_tasks WHERE run_id = ANY(%(ids)b::uuid[])"
     " ORDER BY run_id, step, item"
 )
-_STEP_MARKS = "SELECT * FROM orchestrator.step_marks WHERE run_id = ANY(%(ids)b::uuid[])"
+_STEP_MARKS = (
+    "SELECT run_id, step, state, error, at FROM orchestrator.step_marks"
+    " WHERE run_id = ANY(%(ids)b::uuid[])"
+)

@@ -46,7 +46,9 @@ class TaskAgentApp(GrpcApp):
     def __init__(self, settings: TaskAgentSettings) -> None:
         # First: without its keys the agent must not start, nor open anything.
         self.keyring = keyring_from_settings(settings)
-        self._engine = create_engine(settings.database_url)
+        self._engine = create_engine(
+            settings.database_url, prepared_statements=settings.database_prepared_statements
+        )
         self._redis = create_redis(settings.redis_url)
         self._http = httpx.AsyncClient(timeout=30.0, follow_redirects=False)
         security = load_security(settings)

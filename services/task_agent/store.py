@@ -59,8 +59,8 @@ _CLAIM = """
            started_at = coalesce(started_at, now()), updated_at = now()
      WHERE id = ANY(%(ids)b::uuid[]) AND state IN ('QUEUED', 'RETRYING')
        AND run_at <= now() AND NOT cancel_requested
-    RETURNING *
-"""
+    RETURNING {columns}
+""".format(columns=", ".join(c.name for c in tasks.c))
 _SUCCEED = """
     UPDATE tasks.tasks AS t
        SET state = 'SUCCEEDED', result = v.result, progress = 1, finished_at = now(),
@@ -69,8 +69,8 @@ _SUCCEED = """
       FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(results)b::bytea[])
            AS v(id, attempt, result)
      WHERE t.id = v.id AND t.attempts = v.attempt AND t.state = 'RUNNING'
-    RETURNING t.*
-"""
+    RETURNING {columns}
+""".format(columns=", ".join(f"t.{c.name}" for c in tasks.c))
 
 
 class TaskStore:
