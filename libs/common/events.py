@@ -147,7 +147,8 @@ def events_of(deliveries: Sequence[Delivery]) -> list[events_pb2.Event]:
 class EventConsumer:
     """Reads the event stream as one member of a consumer group. Messages another member
     took but did not acknowledge within `min_idle_ms` are claimed again, so a consumer that
-    died loses nothing; a group that vanished with Redis's data is created again."""
+    died loses nothing; a group that vanished with Redis's data is created again. Handled
+    messages are acknowledged with the next read, in its round trip."""
 
     def __init__(
         self,
@@ -170,6 +171,8 @@ class EventConsumer:
         # When stale messages were last looked for: at most a few times per idle period,
         # not on every read (a round trip each).
         self._claimed_at = float("-inf")
+        # Handled, to be acknowledged with the next read (or `flush`).
+        self._handled: list[bytes] = []
 
     @property
     def group(self) -> str:
@@ -199,13 +202,16 @@ class EventConsumer:
             claimed = await self._claim_stale()
             if claimed:
                 return claimed
-            reply: Any = await self._redis.xreadgroup(
-                self._group,
-                self._consumer,
-                {self._stream: ">"},
-                count=self._batch,
-                block=self._block_ms,
-            )
+            async with self._acknowledging() as pipe:
+                pipe.xreadgroup(
+                    self._group,
+                    self._consumer,
+                    {self._stream: ">"},
+                    count=self._batch,
+                    block=self._block_ms,
+                )
+                replies: Any = await pipe.execute()
+            reply = replies[-1]
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -215,9 +221,29 @@ class EventConsumer:
             self._delivery(mid, fields) for _, messages in reply or [] for mid, fields in messages
         ]
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            await self._redis.xack(self._stream, self._group, *[d.message_id for d in deliveries])
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Marks `deliveries` handled: the next read acknowledges them."""
+        self._handled += [d.message_id for d in deliveries]
+
+    async def flush(self) -> None:
+        """Acknowledges what was handled since the last read (before the consumer stops)."""
+        if self._handled:
+            async with self._acknowledging() as pipe:
+                await pipe.execute()
+
+    @asynccontextmanager
+    async def _acknowledging(self) -> AsyncIterator[Pipeline]:
+        """A pipeline that starts with the acknowledgement of what was handled; those that
+        fail to go are kept for the next one. (Handlers may mark more while it runs.)"""
+        sent, self._handled = self._handled, []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if sent:
+                    pipe.xack(self._stream, self._group, *sent)
+                yield pipe
+        except BaseException:
+            self._handled = sent + self._handled
+            raise
 
     async def _claim_stale(self) -> list[Delivery]:
         now = time.monotonic()

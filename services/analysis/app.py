@@ -94,16 +94,19 @@ class AnalysisApp(GrpcApp):
         """Folds every event into the rollups, acknowledging only what was written, so a
         restart resumes where the last one stopped."""
         await self._consumer.ensure_group()
-        while not self._stop.is_set():
-            deliveries = await self._consumer.read()
-            await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
-            by_id = {d.message_id.decode(): d for d in deliveries}
-            await self.history.add(
-                list(by_id),
-                partial(_fold_fresh, by_id),
-                datetime.now(UTC),
-            )
-            await self._consumer.ack(deliveries)
+        try:
+            while not self._stop.is_set():
+                deliveries = await self._consumer.read()
+                await self.lifecycle.move(AgentState.ACTIVE if deliveries else AgentState.IDLE)
+                by_id = {d.message_id.decode(): d for d in deliveries}
+                await self.history.add(
+                    list(by_id),
+                    partial(_fold_fresh, by_id),
+                    datetime.now(UTC),
+                )
+                self._consumer.ack(deliveries)
+        finally:
+            await self._consumer.flush()
 
     async def _watch(self) -> None:
         """An insight round per interval (one replica's, under a lock)."""

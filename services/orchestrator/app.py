@@ -203,10 +203,11 @@ class OrchestratorApp(GrpcApp):
                 task.add_done_callback(handled)
         finally:
             await asyncio.gather(*handling, return_exceptions=True)
+            await self._consumer.flush()
 
     async def _handle(self, deliveries: list[Delivery]) -> None:
-        """One batch read from the stream; acknowledged once handled (a batch that fails
-        stays pending and is claimed again)."""
+        """One batch read from the stream; acknowledged once handled, with the next read (a
+        batch that fails stays pending and is claimed again)."""
         events = events_of(deliveries)
         if events:
             with _consuming(events):
@@ -214,7 +215,7 @@ class OrchestratorApp(GrpcApp):
                 metrics.observe_step_overhead(_finish_times(events))
                 await self._trigger(events)
                 await self.webhooks.deliver(events)
-        await self._consumer.ack(deliveries)
+        self._consumer.ack(deliveries)
 
     async def _ends(self, events: list[events_pb2.Event]) -> list[tuple[uuid.UUID, TaskEnd]]:
         ends: list[tuple[uuid.UUID, TaskEnd]] = []
