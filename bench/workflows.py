@@ -1,11 +1,12 @@
 """The orchestrator's figures against their targets: runs of a chain of echo steps per second,
-the per-step orchestration overhead, and one wide fan-out. One task agent and one
-orchestrator run as processes (mTLS, tokens and encryption on), on the bench's own database
-and a Redis prefix of their own; the servers are the ones named by REDIS_URL / DATABASE_URL,
-else embedded ones. Timings come from the tables: both services stamp their rows with the
-database's clock.
+the per-step orchestration overhead (one run at a time, and with runs started at a steady
+rate), and one wide fan-out. One task agent and one orchestrator run as processes (mTLS,
+tokens and encryption on), on the bench's own database and a Redis prefix of their own; the
+servers are the ones named by REDIS_URL / DATABASE_URL, else embedded ones. Timings come
+from the tables: both services stamp their rows with the database's clock.
 
-    python -m bench.workflows [--runs 1000] [--in-flight 50] [--fanout 1000] [--strict]
+    python -m bench.workflows [--runs 1000] [--in-flight 50] [--rate 50] [--fanout 1000]
+                              [--strict]
 """
 
 import argparse
@@ -294,6 +295,47 @@ class WorkflowBench:
             **gaps,
         }
 
+    async def paced(self, workflow: str, rate: float, seconds: float) -> dict[str, Any]:
+        """Runs started at a steady `rate` per second for `seconds` (an open loop: a start
+        never waits for another), until all have SUCCEEDED: the step gaps of a platform
+        under a load it keeps up with. (At saturation the gaps are queueing.)"""
+        n = max(1, round(rate * seconds))
+        async with self._platform.channel() as channel, await self._conn() as conn:
+            stub = Stub(channel)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+
+            async def start(i: int) -> None:
+                await asyncio.sleep(max(0.0, began + i / rate - loop.time()))
+                await _start_runs(stub, workflow, [{"n": i}], 1)
+
+            starting = asyncio.gather(*(start(i) for i in range(n)))
+
+            def check() -> None:
+                self._platform.check_alive()
+                if starting.done() and starting.exception() is not None:
+                    starting.result()  # raises the starter's error
+
+            try:
+                await _wait_runs(conn, workflow, n, self._deadline_s, check)
+            finally:
+                if not starting.done():
+                    starting.cancel()
+            await starting
+            ((first, last),) = await _query(
+                conn,
+                "SELECT min(created_at), max(created_at) FROM orchestrator.runs"
+                " WHERE workflow = %s",
+                workflow,
+            )
+            offered = (n - 1) / (last - first).total_seconds() if n > 1 else rate
+            return {
+                "runs": n,
+                "rate": rate,
+                "offered_runs_per_s": offered,
+                **(await _chain_gaps(conn, workflow)),
+            }
+
     async def one_at_a_time(self, workflow: str, n: int) -> dict[str, Any]:
         """`n` runs, each started once the one before has SUCCEEDED: the step gaps of an
         orchestrator with nothing else to do."""
@@ -347,19 +389,27 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=50, help="StartRun calls at a time")
     parser.add_argument("--fanout", type=int, default=1000, help="items of the fan-out run")
     parser.add_argument(
-        "--serial-runs", type=int, default=20, help="chain runs one at a time (unloaded gaps)"
+        "--serial-runs", type=int, default=50, help="chain runs one at a time (unloaded gaps)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=50.0, help="runs started per second in the paced phase"
+    )
+    parser.add_argument(
+        "--paced-seconds", type=float, default=5.0, help="how long runs are started at --rate"
     )
     parser.add_argument("--deadline", type=float, default=180.0, help="seconds a phase may take")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if min(args.runs, args.in_flight, args.fanout, args.serial_runs) < 1 or args.steps < 2:
         parser.error("--runs, --in-flight, --fanout, --serial-runs take 1 or more, --steps 2")
+    if not (args.rate > 0 and args.paced_seconds > 0):
+        parser.error("--rate and --paced-seconds take a positive number")
     return args
 
 
 def _measure(platform: Platform, servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
     bench = WorkflowBench(platform, servers.database_url, args.deadline)
-    kinds = ("warmup", "chain", "serial")
+    kinds = ("warmup", "chain", "paced", "serial")
     names = {k: f"{k}{args.steps}" for k in kinds} | {"fan_out": f"fan{args.fanout}"}
     chains = [chain(names[k], args.steps) for k in kinds]
     asyncio.run(bench.register(*chains, fan_out(names["fan_out"])))
@@ -377,8 +427,15 @@ def _measure(platform: Platform, servers: Servers, args: argparse.Namespace) -> 
     )
     figures["chain"] |= {"cpu_s": meter.seconds(), "wall_s": time.perf_counter() - began}
 
+    log.info("paced: %g runs/s for %g s", args.rate, args.paced_seconds)
+    meter, began = CpuMeter(parties), time.perf_counter()
+    figures["paced"] = asyncio.run(bench.paced(names["paced"], args.rate, args.paced_seconds))
+    figures["paced"] |= {"cpu_s": meter.seconds(), "wall_s": time.perf_counter() - began}
+
     log.info("one at a time: %d runs", args.serial_runs)
+    meter, began = CpuMeter(parties), time.perf_counter()
     figures["serial"] = asyncio.run(bench.one_at_a_time(names["serial"], args.serial_runs))
+    figures["serial"] |= {"cpu_s": meter.seconds(), "wall_s": time.perf_counter() - began}
 
     log.info("fan-out: one run over %d items", args.fanout)
     meter, began = CpuMeter(parties), time.perf_counter()
