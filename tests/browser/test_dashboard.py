@@ -141,6 +141,31 @@ def test_an_operator_cancels_a_run_and_a_task(page: Page, platform) -> None:
     expect(page.get_by_role("button", name="Cancel task")).to_have_count(0)
 
 
+def test_the_tasks_list_changes_live(page: Page, platform) -> None:
+    """A listed task's row follows its task without a reload."""
+    with platform.client("operator") as operator:
+        # Not due for a minute: it waits, queued, until cancelled.
+        reply = operator.post(
+            "/v1/tasks", json={"type": "sleep", "payload": {"seconds": 1}, "delay_s": 60}
+        )
+        assert reply.status_code == 201, reply.text
+        task_id = reply.json()["id"]
+        sign_in(page, platform, "operator")
+        page.goto(f"{platform.url}/#/tasks?type=sleep&state=QUEUED")
+        row = page.locator(f"tr[data-task='{task_id}']")
+        expect(row.locator(".badge")).to_have_text("QUEUED")
+        expect(page.locator("#live")).to_have_attribute(
+            "data-watching", re.compile(rf"\btask:{task_id}\b")
+        )
+        page.evaluate("window.notReloaded = true")
+
+        assert operator.post(f"/v1/tasks/{task_id}/cancel", json={}).status_code == 200
+
+    expect(row.locator(".badge")).to_have_text("CANCELLED")
+    assert page.evaluate("window.notReloaded") is True
+    screenshot(page, "tasks-list-live")
+
+
 def test_an_operator_redrives_a_dead_letter_with_an_edited_payload(page: Page, platform) -> None:
     task_id, letter_id = _dead_letter(platform)
     sign_in(page, platform, "operator")

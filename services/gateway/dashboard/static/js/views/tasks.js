@@ -10,6 +10,10 @@ const ENDED = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 // Older tasks' events are not replayed: the replay reads the whole event stream since the
 // task was created.
 const HISTORY_MAX_AGE_MS = 6 * 3600 * 1000;
+// Rows watched live, at most: the live feed takes up to 100 topics per subscription.
+const LIVE_ROWS = 100;
+// How far before a list's read its rows' changes are replayed (clocks differ a little).
+const REPLAY_MARGIN_MS = 2000;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export async function renderList(section, _id, ctx) {
@@ -42,9 +46,14 @@ export async function renderList(section, _id, ctx) {
     h("span", { class: "search" }, search, h("button", { type: "submit" }, "Open")),
   );
   const list = h("div", { class: "list" });
+  // The rows on the page, by task id: each changes live as its task does.
+  const shown = new Map();
   let pageToken = "";
   const more = h("button", { type: "button", hidden: true, onclick: () => load(false).catch(showError) }, "More");
   const load = async (fresh) => {
+    // Changes from a little before the read on are replayed to the rows: none falls
+    // between the read and the subscription.
+    const since = positionAt(new Date().toISOString(), REPLAY_MARGIN_MS);
     const page = await api("GET", "/v1/tasks", {
       params: {
         state: params.get("state"),
@@ -55,28 +64,68 @@ export async function renderList(section, _id, ctx) {
       },
     });
     if (!ctx.alive()) return;
-    const rows = page.items.map((t) =>
-      h(
-        "tr",
-        { dataset: { task: t.id } },
-        h("td", {}, h("a", { href: `#/tasks/${t.id}` }, t.id.slice(0, 8))),
-        h("td", {}, t.type),
-        h("td", {}, t.queue),
-        h("td", {}, badge(t.state)),
-        h("td", { class: "num" }, t.attempts),
-        h("td", {}, when(t.created_at)),
-        h("td", {}, duration(t.started_at, t.finished_at)),
-        h("td", { class: "error-text" }, t.error ? t.error.message : ""),
-      ),
-    );
+    if (fresh) shown.clear();
+    const rows = page.items.map((t) => {
+      const row = taskRow(t);
+      shown.set(t.id, row);
+      return row;
+    });
     if (fresh) clear(list, table(["task", "type", "queue", "state", "attempts", "created", "ran", "error"], rows, { class: "tasks" }));
     else list.querySelector("tbody").append(...rows);
     pageToken = page.next_page_token || "";
     more.hidden = !pageToken;
+    // The feed takes at most LIVE_ROWS topics: the newest rows are the ones that change.
+    const ids = [...shown.keys()].slice(0, LIVE_ROWS);
+    await ctx.live.watch(
+      ids.map((id) => `task:${id}`),
+      (event) => {
+        const row = shown.get(event.subject.replace("task/", ""));
+        if (row && event.type !== "task.dead_lettered") fillRow(row, liveFields(event.data || {}));
+      },
+      { after: since },
+    );
   };
   const refresh = h("button", { type: "button", onclick: () => load(true).catch(showError) }, "Refresh");
-  section.append(h("h1", {}, "Tasks"), filters, h("div", { class: "actions" }, refresh), list, more);
+  section.append(
+    h("h1", {}, "Tasks"),
+    filters,
+    h("div", { class: "actions" }, refresh, h("span", { class: "hint" }, "Rows change live; new tasks show on Refresh.")),
+    list,
+    more,
+  );
   await load(true);
+}
+
+/** A row of the list, from the API's task. */
+function taskRow(t) {
+  const row = h(
+    "tr",
+    { dataset: { task: t.id } },
+    h("td", {}, h("a", { href: `#/tasks/${t.id}` }, t.id.slice(0, 8))),
+    h("td", {}, t.type),
+    h("td", {}, t.queue),
+    h("td"),
+    h("td", { class: "num" }),
+    h("td", {}, when(t.created_at)),
+    h("td"),
+    h("td", { class: "error-text" }),
+  );
+  fillRow(row, { state: t.state, attempts: t.attempts, started_at: t.started_at, finished_at: t.finished_at, error: t.error ? t.error.message : "" });
+  return row;
+}
+
+/** A task event's data as the row's fields (its times are Unix seconds). */
+function liveFields(data) {
+  const iso = (t) => (t ? new Date(t * 1000).toISOString() : null);
+  return { state: data.state, attempts: data.attempts, started_at: iso(data.started_at), finished_at: iso(data.finished_at), error: data.error || "" };
+}
+
+function fillRow(row, f) {
+  const cells = row.children;
+  clear(cells[3], badge(f.state));
+  cells[4].textContent = f.attempts ?? "";
+  clear(cells[6], duration(f.started_at, f.finished_at));
+  cells[7].textContent = f.error;
 }
 
 function withoutId(form) {
