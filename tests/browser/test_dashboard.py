@@ -67,6 +67,16 @@ def _dead_letter(platform: Platform) -> tuple[str, str]:
             time.sleep(0.05)
 
 
+def _queued_task(platform: Platform) -> str:
+    """A task not due for a minute: it waits, queued, until cancelled."""
+    with platform.client("operator") as operator:
+        reply = operator.post(
+            "/v1/tasks", json={"type": "sleep", "payload": {"seconds": 1}, "delay_s": 60}
+        )
+    assert reply.status_code == 201, reply.text
+    return str(reply.json()["id"])
+
+
 def _open_run_from_the_list(page: Page, platform: Platform, workflow: str, nap_s: float) -> str:
     """Starts a run through the API while the runs list is open; it shows up live."""
     page.goto(f"{platform.url}/#/runs?workflow={workflow}")
@@ -112,13 +122,7 @@ def test_an_operator_signs_in_and_watches_a_run_turn_green(page: Page, platform)
 
 def test_an_operator_cancels_a_run_and_a_task(page: Page, platform) -> None:
     workflow = _define(platform)
-    with platform.client("operator") as operator:
-        # Not due for a minute: it waits, queued, until cancelled.
-        reply = operator.post(
-            "/v1/tasks", json={"type": "sleep", "payload": {"seconds": 1}, "delay_s": 60}
-        )
-    assert reply.status_code == 201, reply.text
-    task_id = reply.json()["id"]
+    task_id = _queued_task(platform)
     sign_in(page, platform, "operator")
 
     _open_run_from_the_list(page, platform, workflow, nap_s=60)
@@ -143,22 +147,17 @@ def test_an_operator_cancels_a_run_and_a_task(page: Page, platform) -> None:
 
 def test_the_tasks_list_changes_live(page: Page, platform) -> None:
     """A listed task's row follows its task without a reload."""
-    with platform.client("operator") as operator:
-        # Not due for a minute: it waits, queued, until cancelled.
-        reply = operator.post(
-            "/v1/tasks", json={"type": "sleep", "payload": {"seconds": 1}, "delay_s": 60}
-        )
-        assert reply.status_code == 201, reply.text
-        task_id = reply.json()["id"]
-        sign_in(page, platform, "operator")
-        page.goto(f"{platform.url}/#/tasks?type=sleep&state=QUEUED")
-        row = page.locator(f"tr[data-task='{task_id}']")
-        expect(row.locator(".badge")).to_have_text("QUEUED")
-        expect(page.locator("#live")).to_have_attribute(
-            "data-watching", re.compile(rf"\btask:{task_id}\b")
-        )
-        page.evaluate("window.notReloaded = true")
+    task_id = _queued_task(platform)
+    sign_in(page, platform, "operator")
+    page.goto(f"{platform.url}/#/tasks?type=sleep&state=QUEUED")
+    row = page.locator(f"tr[data-task='{task_id}']")
+    expect(row.locator(".badge")).to_have_text("QUEUED")
+    expect(page.locator("#live")).to_have_attribute(
+        "data-watching", re.compile(rf"\btask:{task_id}\b")
+    )
+    page.evaluate("window.notReloaded = true")
 
+    with platform.client("operator") as operator:
         assert operator.post(f"/v1/tasks/{task_id}/cancel", json={}).status_code == 200
 
     expect(row.locator(".badge")).to_have_text("CANCELLED")
