@@ -36,7 +36,7 @@ def create_engine(
         # No pre-ping (a round trip per checkout): a connection a restart broke fails one
         # call and is replaced; connections are recycled before servers drop idle ones.
         pool_recycle=1800,
-        # psycopg's default: a statement is prepared at its fifth run on a connection.
+        # psycopg's default: a statement is prepared once it has run five times on a connection.
         connect_args={"prepare_threshold": 5 if prepared_statements else None},
     )
 
