@@ -13,6 +13,7 @@ from agentry.events.v1 import events_pb2
 from agentry.tasks.v1 import tasks_pb2
 from agentry.workflows.v1 import workflows_pb2 as W
 from agentry.workflows.v1 import workflows_pb2_grpc
+from dev.embedded import free_port
 from libs.common.redis_client import Keys
 from libs.common.task_ids import task_id_for
 from services.orchestrator.run_store import NewRun, StartedStep
@@ -183,22 +184,33 @@ async def test_a_run_is_cancelled_with_its_running_tasks(workflows) -> None:
     assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_a_run_cancelled_as_it_starts_leaves_no_task_running(
+async def test_a_run_cancelled_before_its_first_task_is_submitted_leaves_no_task_running(
     make_task_agent, make_orchestrator
 ) -> None:
-    """StartRun answers before the run's first task is submitted: a cancel that follows at
-    once waits for the submission to land, then cancels the task it made."""
-    agent = await make_task_agent(lease_s=1.0)
-    orchestrator = await make_orchestrator(agent)
+    """StartRun answers at its commit; the run's first task is submitted after. Here
+    TaskService is down then, so the submission is being retried when the cancel comes: the
+    cancel waits for it to land (TaskService back on the same address), then cancels the
+    task it made. (Had the cancel gone first, it would have found no task, and the
+    submission would then have started one nobody stops.)"""
+    port = free_port()
+    first = await make_task_agent(grpc_port=port)
+    orchestrator = await make_orchestrator(first)
     slow = {"name": "slow", "steps": [{"name": "nap", "type": "sleep", "input": {"seconds": 30}}]}
     async with channel_to(orchestrator.server.port, "orchestrator") as channel:
         workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
         await register(workflows, slow)
+        await first.stop()
         started = await start(workflows, "slow", {})
-        await workflows.CancelRun(W.CancelRunRequest(run_id=started.run.id))
+        cancel = asyncio.ensure_future(
+            workflows.CancelRun(W.CancelRunRequest(run_id=started.run.id))
+        )
+        cancelled = await until_ended(workflows, started.run.id)
+        assert cancelled.state == W.RUN_STATE_CANCELLED
+        second = await make_task_agent(grpc_port=port, lease_s=1.0)
+        await cancel  # answers once the submission landed and its task was cancelled
         run = (await workflows.GetRun(W.GetRunRequest(run_id=started.run.id))).run
     [task_id] = _steps(run)["nap"].task_ids
-    async with stub_for(agent) as tasks:
+    async with stub_for(second) as tasks:
         ended = await until(tasks, task_id, terminal)
     assert ended.state == tasks_pb2.TASK_STATE_CANCELLED
 
