@@ -1,6 +1,6 @@
 """The orchestrator's Prometheus metrics: workflow runs started and ended, how long a step
-waits between its dependencies ending and its tasks being submitted, and the agents of the
-registry by role and state."""
+waits between its dependencies ending and its tasks being submitted, the steps' tasks it
+could not submit, and the agents of the registry by role and state."""
 
 import time
 from collections import Counter as Tally
@@ -21,6 +21,11 @@ STEP_OVERHEAD = Histogram(
     "From a run's task ending to the orchestrator having advanced the run on it (the steps "
     "it unblocked submitted, or the run ended): what the orchestrator adds between steps.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TASKS_UNSUBMITTED = Counter(
+    "agentry_workflow_tasks_unsubmitted_total",
+    "Tasks of started steps not submitted: TaskService was unavailable through every retry. "
+    "The reconciler submits them again once their runs are stale.",
 )
 AGENTS = Gauge(
     "agentry_agents",

@@ -399,6 +399,7 @@ class Runs:
                 return
             except (Unavailable, DeadlineExceeded) as exc:
                 if delay_s is None:
+                    metrics.TASKS_UNSUBMITTED.inc(len(specs))
                     log.warning("tasks not submitted; the reconciler will", error=str(exc))
                     return
                 await asyncio.sleep(delay_s)

@@ -8,6 +8,7 @@ import json
 import grpc
 import pytest
 import redis.asyncio as redis
+from prometheus_client import REGISTRY
 
 from agentry.events.v1 import events_pb2
 from agentry.tasks.v1 import tasks_pb2
@@ -16,7 +17,6 @@ from agentry.workflows.v1 import workflows_pb2_grpc
 from dev.embedded import free_port
 from libs.common.redis_client import Keys
 from libs.common.task_ids import task_id_for
-from services.orchestrator.run_store import NewRun, StartedStep
 from tests.integration.task_client import stub_for, terminal, until
 from tests.integration.workflow_client import register, start, until_ended
 from tests.secure import channel_to
@@ -358,11 +358,14 @@ async def test_cancelling_a_parent_cancels_its_child_runs(workflows) -> None:
 async def test_a_step_recorded_but_never_submitted_is_submitted_again_as_the_same_task(
     make_task_agent, make_orchestrator
 ) -> None:
-    """An orchestrator records a step's tasks and commits before it calls SubmitTasks; one
-    that stopped in between left a task TaskService does not know. The reconciler finds it
-    missing and submits the step again: same key, same task id, run once."""
-    agent = await make_task_agent()
-    orchestrator = await make_orchestrator(agent, reconcile_interval_s=0.2, stale_run_s=0.5)
+    """An orchestrator records a step's tasks and commits before it calls SubmitTasks. Here
+    TaskService is down through every retry of that call, so the step's task is recorded
+    and unknown to TaskService, as if the orchestrator had died in between. Once TaskService
+    is back, the reconciler finds the task missing and submits the step again: same key,
+    same task id, run once."""
+    port = free_port()
+    first = await make_task_agent(grpc_port=port)
+    orchestrator = await make_orchestrator(first, reconcile_interval_s=0.2, stale_run_s=0.5)
     chain = {
         "name": "chain",
         "steps": [
@@ -374,24 +377,34 @@ async def test_a_step_recorded_but_never_submitted_is_submitted_again_as_the_sam
     async with channel_to(orchestrator.server.port, "orchestrator") as channel:
         workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
         await register(workflows, chain)
-        # What the crashed orchestrator left: the run, and s1's task recorded as running.
-        store = orchestrator.runs._store
-        workflow = await orchestrator.runs.workflow("chain")
-        async with store.starting([NewRun(workflow, {"n": 5}, None, None, {})]) as (tx, started):
-            [(run, _)] = started
-            key = f"run:{run.id}:s1:0:{run.attempt}"
-            task_id = task_id_for(key)
-            await tx.add_tasks([StartedStep(run.id, "s1", run.attempt, [task_id])])
-
-        ended = await until_ended(workflows, str(run.id))
+        await first.stop()
+        given_up = _unsubmitted()
+        started = await start(workflows, "chain", {"n": 5})
+        await _until_unsubmitted_past(given_up)
+        second = await make_task_agent(grpc_port=port)
+        ended = await until_ended(workflows, started.run.id)
 
     assert ended.state == W.RUN_STATE_SUCCEEDED, ended
     assert json.loads(ended.output) == {"s2": {"got": 5}}
-    assert list(_steps(ended)["s1"].task_ids) == [str(task_id)]
-    async with stub_for(agent) as tasks:
+    key = f"run:{started.run.id}:s1:0:1"  # item 0, the run's first attempt
+    assert list(_steps(ended)["s1"].task_ids) == [str(task_id_for(key))]
+    async with stub_for(second) as tasks:
         listed = (await tasks.ListTasks(tasks_pb2.ListTasksRequest())).tasks
     assert sorted(task.labels["step"] for task in listed) == ["s1", "s2"]
     [s1_task] = [task for task in listed if task.idempotency_key == key]
-    assert s1_task.id == str(task_id)
     assert s1_task.state == tasks_pb2.TASK_STATE_SUCCEEDED
     assert s1_task.attempts == 1
+
+
+def _unsubmitted() -> float:
+    """Tasks this process's orchestrators gave up submitting, so far."""
+    return REGISTRY.get_sample_value("agentry_workflow_tasks_unsubmitted_total") or 0.0
+
+
+async def _until_unsubmitted_past(count: float, within: float = 15.0) -> None:
+    """Until an orchestrator gave up submitting tasks (past its retries)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while _unsubmitted() <= count:
+        assert loop.time() < deadline, "the orchestrator still tries to submit"
+        await asyncio.sleep(0.05)
