@@ -1,6 +1,7 @@
 """Workflows run end to end on a real orchestrator and task agent: dependencies, fan-out
-and fan-in, skipped steps, failures with on_failure, cancel, retry, idempotent starts, and a
-crash between recording a step's tasks and submitting them."""
+and fan-in, skipped steps, failures with on_failure, cancel, retry, idempotent starts, and
+TaskService down between recording a step's tasks and submitting them (the task submitted
+again later; a cancel that waits for the submission to land)."""
 
 import asyncio
 import json
