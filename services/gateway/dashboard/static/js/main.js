@@ -69,7 +69,10 @@ async function route() {
     return;
   }
   const [m, , render] = match;
-  const ctx = { live, go, alive: () => mine === generation, params, onLeave: (fn) => (cleanup = fn) };
+  const alive = () => mine === generation;
+  // A page left behind while it was loading must not take the feed from the page shown.
+  const watch = (...args) => (alive() ? live.watch(...args) : Promise.resolve());
+  const ctx = { live: { watch }, go, alive, params, onLeave: (fn) => (cleanup = fn) };
   try {
     await render(section, decodeURIComponent(m[1] || ""), ctx);
   } catch (err) {
