@@ -3,7 +3,7 @@ it came for scripts (`--json`)."""
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,26 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     for row in [list(headers), *body]:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
         line("  ".join([*cells, row[-1]]).rstrip())
+
+
+def page(
+    answer: dict[str, Any],
+    json_wanted: bool,
+    empty: str,
+    headers: Sequence[str],
+    cells: Callable[[Any], Sequence[str]],
+    limit: int | None = None,
+) -> None:
+    """A page of a list (`{"items", "next_page_token"}`): the JSON as it came, else `empty`
+    or a table of its items, saying when there are more than the `limit` shown."""
+    if json_wanted:
+        as_json(answer)
+    elif not answer["items"]:
+        line(empty)
+    else:
+        table(headers, [cells(item) for item in answer["items"]])
+        if limit is not None and answer.get("next_page_token"):
+            line(f"(more: the first {limit} shown; --limit raises it, to 500)")
 
 
 def fields(pairs: Iterable[tuple[str, str]]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from cli.commands import Commands, add_json_flag
 from cli.gateway import Gateway
-from cli.output import as_json, line, table
+from cli.output import as_json, line, page
 from cli.settings import CliSettings
 
 EXIT_CODES = {"PASS": 0, "FAIL": 3, "INCONCLUSIVE": 4}
@@ -58,12 +58,7 @@ def listing(args: argparse.Namespace, settings: CliSettings) -> int:
         params["subject"] = args.subject
     with Gateway(settings) as gateway:
         answer = gateway.json("GET", "/v1/canary-analyses", params=params)
-    if args.json:
-        as_json(answer)
-    elif not answer["items"]:
-        line("no canary verdicts")
-    else:
-        table(HEADERS, [_cells(a) for a in answer["items"]])
+    page(answer, args.json, "no canary verdicts", HEADERS, _cells)
     return 0
 
 

@@ -5,7 +5,7 @@ import argparse
 
 from cli.commands import Commands, add_json_flag
 from cli.gateway import Gateway
-from cli.output import as_json, cut, line, table
+from cli.output import cut, page
 from cli.settings import CliSettings
 
 HEADERS = ("OPENED", "STATE", "SEVERITY", "KIND", "SUBJECT", "WINDOW", "EVIDENCE")
@@ -43,12 +43,7 @@ def insights(args: argparse.Namespace, settings: CliSettings) -> int:
             params[name] = getattr(args, name)
     with Gateway(settings) as gateway:
         answer = gateway.json("GET", "/v1/insights", params=params)
-    if args.json:
-        as_json(answer)
-    elif not answer["items"]:
-        line("no insights")
-    else:
-        table(HEADERS, [_cells(i) for i in answer["items"]])
+    page(answer, args.json, "no insights", HEADERS, _cells)
     return 0
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from cli.commands import Commands, add_json_flag, json_value
 from cli.gateway import Gateway
-from cli.output import as_json, brief, cut, fields, line, table, when
+from cli.output import as_json, brief, cut, fields, line, page, when
 from cli.settings import CliSettings
 
 STATES = ("QUEUED", "RUNNING", "RETRYING", "SUCCEEDED", "FAILED", "CANCELLED")
@@ -65,23 +65,14 @@ def get(args: argparse.Namespace, settings: CliSettings) -> int:
 def list_tasks(args: argparse.Namespace, settings: CliSettings) -> int:
     params = {"state": args.state, "type": args.type, "queue": args.queue, "page_size": args.limit}
     with Gateway(settings) as gateway:
-        page = gateway.json("GET", "/v1/tasks", params=params)
-    if args.json:
-        as_json(page)
-        return 0
-    if not page["items"]:
-        line("no tasks")
-        return 0
-    table(
-        ("ID", "TYPE", "STATE", "ATTEMPTS", "QUEUE", "CREATED"),
-        [
-            (t["id"], t["type"], t["state"], str(t["attempts"]), t["queue"], when(t["created_at"]))
-            for t in page["items"]
-        ],
-    )
-    if page["next_page_token"]:
-        line(f"(more: the first {args.limit} shown; --limit raises it, to 500)")
+        answer = gateway.json("GET", "/v1/tasks", params=params)
+    headers = ("ID", "TYPE", "STATE", "ATTEMPTS", "QUEUE", "CREATED")
+    page(answer, args.json, "no tasks", headers, _task_cells, args.limit)
     return 0
+
+
+def _task_cells(t: dict[str, Any]) -> tuple[str, ...]:
+    return (t["id"], t["type"], t["state"], str(t["attempts"]), t["queue"], when(t["created_at"]))
 
 
 def cancel(args: argparse.Namespace, settings: CliSettings) -> int:
@@ -100,30 +91,22 @@ def cancel(args: argparse.Namespace, settings: CliSettings) -> int:
 def dead_letters(args: argparse.Namespace, settings: CliSettings) -> int:
     params = {"type": args.type, "queue": args.queue, "page_size": args.limit}
     with Gateway(settings) as gateway:
-        page = gateway.json("GET", "/v1/dead-letters", params=params)
-    if args.json:
-        as_json(page)
-        return 0
-    if not page["items"]:
-        line("no dead letters")
-        return 0
-    table(
-        ("ID", "TYPE", "REASON", "ERROR", "CREATED", "REDRIVEN AS"),
-        [
-            (
-                d["id"],
-                d["task"]["type"],
-                d["reason"],
-                cut(d["task"]["error"]["message"] if d["task"]["error"] else "", 50),
-                when(d["created_at"]),
-                d["redriven_task_id"] or "-",
-            )
-            for d in page["items"]
-        ],
-    )
-    if page["next_page_token"]:
-        line(f"(more: the first {args.limit} shown; --limit raises it, to 500)")
+        answer = gateway.json("GET", "/v1/dead-letters", params=params)
+    headers = ("ID", "TYPE", "REASON", "ERROR", "CREATED", "REDRIVEN AS")
+    page(answer, args.json, "no dead letters", headers, _dead_letter_cells, args.limit)
     return 0
+
+
+def _dead_letter_cells(d: dict[str, Any]) -> tuple[str, ...]:
+    error = d["task"]["error"]
+    return (
+        d["id"],
+        d["task"]["type"],
+        d["reason"],
+        cut(error["message"] if error else "", 50),
+        when(d["created_at"]),
+        d["redriven_task_id"] or "-",
+    )
 
 
 def redrive(args: argparse.Namespace, settings: CliSettings) -> int:
