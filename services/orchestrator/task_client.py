@@ -121,17 +121,15 @@ class TaskClient:
     def hold(self) -> CancelHold:
         return CancelHold(self._submitting)
 
-    async def submit(self, specs: Sequence[tasks_pb2.TaskSpec]) -> list[uuid.UUID]:
-        """The tasks' ids, in order (existing ones for keys submitted before)."""
-        ids: list[uuid.UUID] = []
+    async def submit(self, specs: Sequence[tasks_pb2.TaskSpec]) -> None:
+        """Submits the tasks; a keyed one's id is known already (it derives from its key),
+        and a key submitted before finds its task."""
         for start in range(0, len(specs), BATCH):
             request = tasks_pb2.SubmitTasksRequest(tasks=specs[start : start + BATCH])
             try:
-                reply = await self._stub.SubmitTasks(request, timeout=self._timeout_s)
+                await self._stub.SubmitTasks(request, timeout=self._timeout_s)
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from None
-            ids += [uuid.UUID(task.id) for task in reply.tasks]
-        return ids
 
     async def ends(self, task_ids: Sequence[uuid.UUID]) -> list[TaskEnd]:
         """How those of `task_ids` that have ended ended; those TaskService does not know
