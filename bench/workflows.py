@@ -204,10 +204,12 @@ async def _start_runs(stub: Stub, workflow: str, inputs: Sequence[Any], n: int) 
 async def _chain_gaps(conn: Conn, workflow: str) -> dict[str, Any]:
     """Where the time between two steps of a chain goes, over every run of `workflow`:
     - overhead: the dependency's task finished → the step's task started;
-    - noticed: that task finished → the orchestrator began advancing the run (its
-      transaction's now(), which it writes as the dependency's finished_at);
-    - submitted: began advancing → the step's task stored by the task agent;
-    - queued: stored → started, in the task agent.
+    - stored: that task finished → the step's task stored (by the task agent, as a
+      continuation of the task before, or when the orchestrator submitted it);
+    - queued: stored → started, in the task agent;
+    - noticed: the dependency's task finished → the orchestrator began advancing the run
+      (its transaction's now(), which it writes as the dependency's finished_at): its
+      bookkeeping, which a chain's steps started as continuations do not wait for.
     And `first`: run created → its first task started."""
     rows = await _query(
         conn,
@@ -227,9 +229,9 @@ async def _chain_gaps(conn: Conn, workflow: str) -> dict[str, Any]:
             _, _, seen_end, _, _, prev_finished, _ = steps[k - 1]
             _, _, _, created, started, _, _ = steps[k]
             parts["overhead"].append(_ms(started, prev_finished))
-            parts["noticed"].append(_ms(seen_end, prev_finished))
-            parts["submitted"].append(_ms(created, seen_end))
+            parts["stored"].append(_ms(created, prev_finished))
             parts["queued"].append(_ms(started, created))
+            parts["noticed"].append(_ms(seen_end, prev_finished))
     return {f"{name}_ms": distribution(samples) for name, samples in parts.items()}
 
 

@@ -104,7 +104,13 @@ class OrchestratorApp(GrpcApp):
         store = RunStore(self._engine, keyring)
         agent_store = self._agent_store = AgentStore(self._engine)
         self.agent_checks = AgentChecks(agent_store, security.identity, timeout_s=3.0)
-        self.runs = Runs(store, WorkflowStore(self._engine), self.tasks, self.events)
+        self.runs = Runs(
+            store,
+            WorkflowStore(self._engine),
+            self.tasks,
+            self.events,
+            continuations=settings.step_continuations,
+        )
         subscription_store = SubscriptionStore(self._engine, keyring)
         self.webhooks = WebhookDeliveries(
             subscription_store,
@@ -234,7 +240,8 @@ class OrchestratorApp(GrpcApp):
                 if output is _NOT_CARRIED:
                     succeeded[task_id] = uuid.UUID(run)  # its result is read from TaskService
                 else:
-                    ends.append((uuid.UUID(run), TaskEnd(task_id, state, output)))
+                    continued = frozenset(uuid.UUID(i) for i in data.get("continued", ()))
+                    ends.append((uuid.UUID(run), TaskEnd(task_id, state, output, "", continued)))
             else:
                 error = data.get("error") or data.get("reason") or state.lower()
                 ends.append((uuid.UUID(run), TaskEnd(task_id, state, error=error)))

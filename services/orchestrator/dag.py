@@ -6,8 +6,9 @@ from enum import StrEnum
 from typing import Any
 
 from libs.common.errors import InvalidArgument
+from libs.common.references import resolve
 from services.orchestrator.definition import StepDef, WorkflowDef
-from services.orchestrator.references import resolve, truthy
+from services.orchestrator.references import truthy
 
 
 class StepState(StrEnum):

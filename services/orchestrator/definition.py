@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from libs.common.errors import InvalidArgument
+from libs.common.references import references, show
 from services.orchestrator import cron
-from services.orchestrator.references import check_references, show
+from services.orchestrator.references import check_references
 
 MAX_DEFINITION_BYTES = 256 * 1024
 MAX_STEPS = 500
@@ -77,12 +78,26 @@ class WorkflowDef:
     triggers: tuple[str, ...] = ()
     schedule: str | None = None
     _by_name: dict[str, StepDef] = field(init=False, repr=False, compare=False)
+    _chained: dict[str, tuple[StepDef, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_name = {s.name: s for s in self.steps}
         if self.on_failure is not None:
             by_name.setdefault(self.on_failure.name, self.on_failure)
         object.__setattr__(self, "_by_name", by_name)
+        chained: dict[str, list[StepDef]] = {}
+        for step in self.steps:
+            if _chained(step, by_name):
+                chained.setdefault(step.depends_on[0], []).append(step)
+        object.__setattr__(self, "_chained", {k: tuple(v) for k, v in chained.items()})
+
+    def chained_after(self, name: str) -> tuple[StepDef, ...]:
+        """The steps that can start the moment step `name`'s task succeeds, from its result
+        and the run's input alone (see `_chained`)."""
+        return self._chained.get(name, ())
+
+    def chained_steps(self) -> list[str]:
+        return [step.name for steps in self._chained.values() for step in steps]
 
     def step(self, name: str) -> StepDef:
         """The step called `name`, the on_failure step included."""
@@ -123,6 +138,22 @@ class WorkflowDef:
                 if not waiting[dependent]:
                     heapq.heappush(ready, position[dependent])
         return order
+
+
+def _chained(step: StepDef, by_name: Mapping[str, StepDef]) -> bool:
+    """Whether `step` follows its one dependency as a chain link: that dependency runs a
+    single task (no fan-out, no child run), and `step` runs a single task always (no
+    `when`), its input read from the run's input and that task's result only."""
+    if len(step.depends_on) != 1 or step.for_each is not None or step.when is not None:
+        return False
+    before = by_name[step.depends_on[0]]
+    if step.workflow or before.workflow or before.for_each is not None:
+        return False
+    output = f"steps.{before.name}.output"
+    return all(
+        ref.startswith("input.") or ref == output or ref.startswith(output + ".")
+        for ref in references(step.input)
+    )
 
 
 def parse_definition(

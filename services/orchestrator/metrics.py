@@ -19,7 +19,8 @@ RUNS_FINISHED = Counter(
 STEP_OVERHEAD = Histogram(
     "agentry_workflow_step_overhead_seconds",
     "From a run's task ending to the orchestrator having advanced the run on it (the steps "
-    "it unblocked submitted, or the run ended): what the orchestrator adds between steps.",
+    "it unblocked submitted, or the run ended): what the orchestrator adds between steps, "
+    "but chain links, which task agents start themselves (for them, how far it lags).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 TASKS_UNSUBMITTED = Counter(

@@ -48,6 +48,12 @@ def _with_ends(tasks: Sequence[StepTask], ends: Sequence[TaskEnd]) -> list[StepT
     return updated
 
 
+def changes_steps(tasks: Sequence[StepTask], ends: Sequence[TaskEnd]) -> bool:
+    """Whether recording `ends` changes a step: one is the end of a task still running."""
+    running = {task.task_id for task in tasks if task.item.state == StepState.RUNNING}
+    return any(end.task_id in running for end in ends)
+
+
 def views_of(
     defn: WorkflowDef, tasks: Sequence[StepTask], marks: Sequence[Mark]
 ) -> dict[str, StepView]:
@@ -72,6 +78,8 @@ class Move:
     # The tasks of the steps it starts, submitted once the move is committed, and their ids.
     specs: list[tasks_pb2.TaskSpec] = field(default_factory=list)
     task_ids: list[uuid.UUID] = field(default_factory=list)
+    # The tasks task agents started as continuations of the tasks it records ends of.
+    continued: frozenset[uuid.UUID] = frozenset()
 
     @property
     def ended(self) -> bool:
@@ -100,4 +108,5 @@ def plan_move(
         plan = Plan(ended=RunState.FAILED, error="the workflow timed out", cancel=running)
     else:
         plan = plan_run(defn, run.input, views)
-    return Move(run, defn, plan, events)
+    continued = frozenset(task_id for end in ends for task_id in end.continued)
+    return Move(run, defn, plan, events, continued=continued)

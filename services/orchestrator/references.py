@@ -1,83 +1,14 @@
 """References in a workflow definition: `{"$ref": "input.a.0" | "steps.<name>.output.x" |
-"item" | "error"}`, found and resolved against a run's values, never evaluated as code."""
+"item" | "error"}`, checked against the definition at registration; resolving them is
+in libs.common.references."""
 
-import copy
-import json
-import re
-from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from libs.common.errors import InvalidArgument
+from libs.common.references import references
 
 if TYPE_CHECKING:
     from services.orchestrator.definition import StepDef
-
-_INDEX = re.compile(r"[0-9]+")
-
-
-def show(value: Any) -> str:
-    """A value in an error message: JSON, cut short."""
-    return json.dumps(value, default=str)[:60]
-
-
-def references(template: Any) -> list[str]:
-    """Every reference in `template`, in document order."""
-    return list(_walk_refs(template))
-
-
-def _walk_refs(template: Any) -> Iterator[str]:
-    if isinstance(template, dict):
-        if "$ref" in template:
-            yield _ref_of(template)
-        else:
-            for value in template.values():
-                yield from _walk_refs(value)
-    elif isinstance(template, list):
-        for value in template:
-            yield from _walk_refs(value)
-
-
-def _ref_of(obj: Mapping[str, Any]) -> str:
-    ref = obj.get("$ref")
-    if len(obj) != 1 or not isinstance(ref, str):
-        raise InvalidArgument(
-            f'a "$ref" object must have exactly one key, "$ref", holding a string, not {show(obj)}'
-        )
-    if not ref or "" in ref.split("."):
-        raise InvalidArgument(f'reference "{ref}" has an empty part')
-    return ref
-
-
-def resolve(template: Any, context: Mapping[str, Any]) -> Any:
-    """A copy of `template` with every reference replaced by the value it names in `context`
-    (keys input, steps (name -> {"output": ...}), item, error). Values taken from `context` are
-    copied as they are: references inside them are data, not followed."""
-    if isinstance(template, dict):
-        if "$ref" in template:
-            return copy.deepcopy(_lookup(_ref_of(template), context))
-        return {key: resolve(value, context) for key, value in template.items()}
-    if isinstance(template, list):
-        return [resolve(value, context) for value in template]
-    return template
-
-
-def _lookup(ref: str, context: Mapping[str, Any]) -> Any:
-    value: Any = context
-    for part in ref.split("."):
-        if isinstance(value, Mapping):
-            if part not in value:
-                raise InvalidArgument(f'reference {ref}: no key "{part}"')
-            value = value[part]
-        elif isinstance(value, list | tuple) and _INDEX.fullmatch(part):
-            if int(part) >= len(value):
-                raise InvalidArgument(
-                    f"reference {ref}: no index {part} in a list of {len(value)} items"
-                )
-            value = value[int(part)]
-        else:
-            kind = "a list" if isinstance(value, list | tuple) else show(value)
-            raise InvalidArgument(f'reference {ref}: cannot look up "{part}" in {kind}')
-    return value
 
 
 def truthy(value: Any) -> bool:

@@ -31,6 +31,7 @@ from libs.common.events import EventBus, make_events
 from libs.common.task_ids import task_id_for
 from services.orchestrator import metrics
 from services.orchestrator.coalescer import Coalescer
+from services.orchestrator.continuations import attach, started_early, unwanted_ahead
 from services.orchestrator.dag import (
     RunState,
     Start,
@@ -43,7 +44,7 @@ from services.orchestrator.definition import (
     load_definition,
     parse_definition,
 )
-from services.orchestrator.moves import Event, Move, plan_move, views_of
+from services.orchestrator.moves import Event, Move, changes_steps, plan_move, views_of
 from services.orchestrator.run_store import (
     NewRun,
     RunEnd,
@@ -51,8 +52,16 @@ from services.orchestrator.run_store import (
     RunStore,
     RunTx,
     StartedStep,
+    StepTask,
 )
-from services.orchestrator.task_client import LOST, CancelHold, TaskClient, TaskEnd, task_spec
+from services.orchestrator.task_client import (
+    LOST,
+    CancelHold,
+    TaskClient,
+    TaskEnd,
+    step_key,
+    task_spec,
+)
 from services.orchestrator.workflow_store import WorkflowRecord, WorkflowStore
 
 log = structlog.get_logger(__name__)
@@ -82,6 +91,10 @@ class RunDetail:
     steps: list[StepDetail]
 
 
+def _ids(tasks: Sequence[StepTask]) -> set[uuid.UUID]:
+    return {task.task_id for task in tasks if task.task_id is not None}
+
+
 def _uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -102,9 +115,15 @@ class _NewRun:
 
 class Runs:
     def __init__(
-        self, store: RunStore, workflows: WorkflowStore, tasks: TaskClient, events: EventBus
+        self,
+        store: RunStore,
+        workflows: WorkflowStore,
+        tasks: TaskClient,
+        events: EventBus,
+        continuations: bool = True,
     ) -> None:
         self._store = store
+        self._continuations = continuations
         self._workflows = workflows
         self._tasks = tasks
         self._events = events
@@ -267,19 +286,53 @@ class Runs:
         idempotency keys (run, step, item, attempt), so the locks are not held across the
         call, and a run's next task end never waits for its previous advance's call. An
         orchestrator that stops between the commit and the call leaves tasks TaskService
-        does not know; the reconciler finds them lost and submits them again."""
+        does not know; the reconciler finds them lost and submits them again.
+
+        Chain links a task agent started itself are recorded as they are heard of (see
+        continuations.py), and what it started for runs that ended is cancelled."""
         moves: list[Move] = []
+        unwanted: list[uuid.UUID] = []
+        # The ids of the tasks each run had recorded, and records now.
+        kept: dict[uuid.UUID, set[uuid.UUID]] = {}
         with self._tasks.hold() as hold:
             async with self._store.locked(list(ends_by_run)) as tx:
-                running = [run for run in tx.runs if run.state == RunState.RUNNING]
-                await tx.finish_tasks(
-                    [end for run in running for end in ends_by_run[run.id] if end.state != LOST]
-                )
-                for run in running:
+                early: list[StartedStep] = []
+                for run in tx.runs:
                     defn = await self._definition(run.workflow, run.version)
-                    moves.append(plan_move(run, defn, *tx.steps[run.id], ends_by_run[run.id]))
+                    tasks, marks = tx.steps[run.id]
+                    ends = ends_by_run[run.id]
+                    if run.state != RunState.RUNNING:
+                        unwanted += unwanted_ahead(defn, run, tasks, ends, _ids(tasks))
+                        continue
+                    ahead = started_early(defn, run, tasks, ends)
+                    early += [
+                        StartedStep(run.id, t.step, run.attempt, [i])
+                        for t in ahead
+                        if (i := t.task_id)
+                    ]
+                    tasks = [*tasks, *ahead]
+                    # An end heard twice (an event delivered again, the reconciler's
+                    # reading) changes nothing.
+                    if ends and not changes_steps(tasks, ends):
+                        continue
+                    move = plan_move(run, defn, tasks, marks, ends)
+                    move.events[:0] = [("step.started", t.step, {"tasks": 1}) for t in ahead]
+                    moves.append(move)
+                    kept[run.id] = _ids(tasks)
+                await tx.add_tasks(early)
+                await tx.finish_tasks(
+                    [end for m in moves for end in ends_by_run[m.run.id] if end.state != LOST]
+                )
                 await self._carry_out(tx, moves, hold)
+        for move in moves:
+            tasks, _ = tx.steps[move.run.id]
+            ends = ends_by_run[move.run.id]
+            unwanted += unwanted_ahead(
+                move.defn, move.run, tasks, ends, kept[move.run.id] | set(move.task_ids)
+            )
         await self._follow_up(moves, hold)
+        if unwanted:
+            await self._tasks.cancel(unwanted)
         return moves
 
     async def _follow_up(self, moves: Sequence[Move], hold: CancelHold) -> None:
@@ -363,7 +416,11 @@ class Runs:
                     for item, payload in enumerate(start.payloads)
                 ]
                 ids = [task_id_for(spec.idempotency_key) for spec in specs]
-                move.specs += specs
+                # A task an agent started as a continuation is not submitted again.
+                submitted = [s for s, i in zip(specs, ids, strict=True) if i not in move.continued]
+                if self._continuations and start.step.for_each is None and submitted:
+                    attach(submitted[0], move.defn, start.step, run)
+                move.specs += submitted
                 move.task_ids += ids
                 started.append(StartedStep(run.id, start.step.name, run.attempt, ids))
                 move.events.append(("step.started", start.step.name, {"tasks": len(ids)}))
@@ -430,7 +487,7 @@ class Runs:
         child_defn = await self._definition(record.name, record.version)
         ids = []
         for item, payload in enumerate(start.payloads):
-            key = f"run:{run.id}:{step.name}:{item}:{run.attempt}"
+            key = step_key(run.id, step.name, item, run.attempt)
             parent = (run.id, step.name, run.depth + 1)
             child, created = await tx.insert_run(
                 record, payload, key, child_defn.timeout_s, run.trace_context, parent

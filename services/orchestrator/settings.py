@@ -16,6 +16,9 @@ class OrchestratorSettings(GrpcServerSettings):
     # How often runs nobody advanced lately are looked at, and what "lately" is.
     reconcile_interval_s: float = 5.0
     stale_run_s: float = 30.0
+    # Task agents start a chain's next steps themselves, as continuations of the step
+    # before (the orchestrator still records and submits them).
+    step_continuations: bool = True
     # How often the workflows' triggers and schedules are read again.
     definitions_refresh_s: float = 10.0
     # How often every registered agent's gRPC health is checked.

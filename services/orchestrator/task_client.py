@@ -32,6 +32,14 @@ class TaskEnd:
     state: str  # SUCCEEDED, FAILED, CANCELLED, or LOST
     output: Any = None
     error: str = ""
+    # The tasks a task agent submitted as its continuations (see continuations.py).
+    continued: frozenset[uuid.UUID] = frozenset()
+
+
+def step_key(run_id: uuid.UUID, step: str, item: int, attempt: int) -> str:
+    """The idempotency key of a step's task: resubmitting it (after a crash, by another
+    orchestrator, after an agent started it as a continuation) finds the same task."""
+    return f"run:{run_id}:{step}:{item}:{attempt}"
 
 
 def task_spec(
@@ -45,8 +53,7 @@ def task_spec(
     spec = tasks_pb2.TaskSpec(
         type=step.type,
         payload=json.dumps(payload, separators=(",", ":")).encode(),
-        # Resubmitting (after a crash, by another orchestrator) finds the same task.
-        idempotency_key=f"run:{run_id}:{step.name}:{item}:{attempt}",
+        idempotency_key=step_key(run_id, step.name, item, attempt),
         labels={"run": str(run_id), "step": step.name},
         timeout_s=step.timeout_s or 0,
         fallback_type=step.fallback or "",

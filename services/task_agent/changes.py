@@ -4,7 +4,7 @@ metrics count it. The end of a workflow step's task carries its result, sealed: 
 orchestrator advances the run from the event alone."""
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -67,25 +67,26 @@ class TaskChanges:
         self.version = version
 
     async def announce(
-        self, changed: Sequence[Task], new: bool = False, dead_lettered: bool = False
+        self,
+        changed: Sequence[Task],
+        new: bool = False,
+        dead_lettered: bool = False,
+        continued: Mapping[uuid.UUID, Sequence[uuid.UUID]] | None = None,
     ) -> None:
         """Cache writes and events in one round trip. `new`: the tasks were just created, so
         no cached copy can exist to update; the first read fills the cache. `dead_lettered`:
-        the failed tasks among them went to the dead letters."""
+        the failed tasks among them went to the dead letters. `continued`: the tasks that
+        succeeded tasks submitted as their continuations, which their events name."""
         if not changed:
             return
         count_changes(changed, new, dead_lettered)
-        events = make_events(
-            [
-                (
-                    EVENT_BY_STATE[t.state],
-                    f"task/{t.id}",
-                    {**task_event_data(t), "version": self.version},
-                )
-                for t in changed
-            ],
-            self.events.source,
-        )
+        items = []
+        for t in changed:
+            data = {**task_event_data(t), "version": self.version}
+            if continued and t.id in continued:
+                data["continued"] = [str(task_id) for task_id in continued[t.id]]
+            items.append((EVENT_BY_STATE[t.state], f"task/{t.id}", data))
+        events = make_events(items, self.events.source)
         # A task's events continue its submission's trace, wherever they are published
         # from (a batch of results, the reconciler): its consumers join that trace.
         for event, task in zip(events, changed, strict=True):

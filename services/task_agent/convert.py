@@ -55,6 +55,7 @@ def submission(spec: tasks_pb2.TaskSpec) -> Submission:
         concurrency_key=spec.concurrency_key,
         labels=dict(spec.labels),
         trace_context=dict(spec.trace_context),
+        then=spec.then.SerializeToString() if spec.HasField("then") else b"",
     )
 
 

@@ -80,6 +80,8 @@ class NewTask:
     labels: dict[str, str] = field(default_factory=dict)
     # W3C headers of the submission's trace: each execution is a span of it.
     trace_context: dict[str, str] = field(default_factory=dict)
+    # Encoded tasks_pb2.Continuations: what the task submits once it succeeds.
+    continuations: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Task:
     # Grows with every change: of two copies of a task, the higher version is the newer.
     version: int = 0
     trace_context: dict[str, str] = field(default_factory=dict)
+    continuations: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

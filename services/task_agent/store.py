@@ -39,6 +39,7 @@ _INSERT_COLUMNS = {
     "dispatched_at": "timestamptz", "progress": "float8", "cancel_requested": "bool",
     "created_at": "timestamptz", "updated_at": "timestamptz", "agent": "text",
     "lease_expires_at": "timestamptz", "started_at": "timestamptz", "trace_context": "jsonb",
+    "continuations": "bytea",
 }  # fmt: skip
 # Arrays go in binary (%b): psycopg dumps their elements five times faster than in text
 # (where it escapes every element of a bytea array in Python).

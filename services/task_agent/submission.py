@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from libs.common.errors import InvalidArgument
 from libs.common.task_ids import task_id_for
+from services.task_agent import continuations
 from services.task_agent.model import NewTask, Priority, RetryPolicy, TaskType
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -36,6 +37,8 @@ class Submission:
     labels: dict[str, str] = field(default_factory=dict)
     # The trace the task's executions continue; empty: the submitting call's.
     trace_context: dict[str, str] = field(default_factory=dict)
+    # Encoded tasks_pb2.Continuations; empty: none.
+    then: bytes = b""
 
 
 def check_payload(payload: bytes, max_bytes: int) -> bytes:
@@ -124,4 +127,5 @@ def validate(
         concurrency_key=sub.concurrency_key or None,
         labels=dict(sub.labels),
         trace_context=trace_context or {},
+        continuations=continuations.check(sub.then, max_payload_bytes) if sub.then else None,
     )

@@ -52,6 +52,7 @@ tasks = sa.Table(
     # Bumped by a trigger on every update.
     sa.Column("version", sa.BigInteger),
     sa.Column("trace_context", pg.JSONB),
+    sa.Column("continuations", sa.LargeBinary),
 )
 
 dead_letters = sa.Table(
@@ -100,6 +101,10 @@ def result_aad(task_id: uuid.UUID) -> bytes:
     return b"tasks.result:" + task_id.bytes
 
 
+def continuations_aad(task_id: uuid.UUID) -> bytes:
+    return b"tasks.continuations:" + task_id.bytes
+
+
 def row_to_task(row: Any, keyring: Keyring) -> Task:
     return Task(
         id=row.id,
@@ -132,6 +137,9 @@ def row_to_task(row: Any, keyring: Keyring) -> Task:
         agent=row.agent,
         version=row.version,
         trace_context=row.trace_context or {},
+        continuations=keyring.decrypt(row.continuations, continuations_aad(row.id))
+        if row.continuations is not None
+        else None,
     )
 
 
@@ -162,6 +170,9 @@ def insert_values(
         "idempotency_key": new.idempotency_key,
         "labels": new.labels,
         "trace_context": new.trace_context,
+        "continuations": keyring.encrypt(new.continuations, continuations_aad(new.id))
+        if new.continuations is not None
+        else None,
         "run_at": new.run_at,
         # Due work goes on its stream now, later work into the delayed set: either way the
         # reconciler looks again only if it is still pending well after this time.
@@ -198,4 +209,5 @@ def stored_task(new: NewTask, now: datetime, holder: Holder | None = None) -> Ta
         labels=dict(new.labels),
         version=1,
         trace_context=new.trace_context,
+        continuations=new.continuations,
     )

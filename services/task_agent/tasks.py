@@ -5,8 +5,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
+
+import structlog
 
 from libs.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.common.paging import page_token as next_page_token
@@ -19,6 +22,8 @@ from services.task_agent.model import DeadLetter, Holder, NewTask, Task, TaskSta
 from services.task_agent.store import TaskStore
 from services.task_agent.submission import Submission, check_payload, validate
 from services.task_agent.type_store import TypeStore
+
+log = structlog.get_logger(__name__)
 
 MAX_BATCH = 1000
 MAX_PAGE = 500
@@ -106,6 +111,28 @@ class Tasks:
                     f"tasks[{index}]: {exc}" if len(batch) > 1 else str(exc)
                 ) from None
         return await self._store_and_dispatch(new, now)
+
+    async def continue_with(self, batch: Sequence[Submission]) -> list[uuid.UUID | None]:
+        """Submits the continuations of tasks that succeeded; answers their tasks' ids, in
+        order, None for one refused. A refused one is dropped, the others stored: its
+        submitter, which hears of the task's end, decides what becomes of it."""
+        now = datetime.now(UTC)
+        types = await self._catalog.known()
+        new: list[NewTask | None] = []
+        for sub in batch:
+            try:
+                # Their own continuations were checked with the task they continue.
+                task = validate(
+                    replace(sub, then=b""), types, self._max_payload_bytes, now, sub.trace_context
+                )
+                new.append(replace(task, continuations=sub.then or None))
+            except InvalidArgument as exc:
+                new.append(None)
+                log.info("continuation refused", type=sub.type, error=str(exc))
+        valid = [n for n in new if n is not None]
+        if valid:
+            await self._store_and_dispatch(valid, now)
+        return [n.id if n is not None else None for n in new]
 
     async def _store_and_dispatch(
         self, new: Sequence[NewTask], now: datetime

@@ -7,7 +7,7 @@ import asyncio
 import json
 import multiprocessing
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,7 +17,9 @@ import structlog
 
 from libs.common import tracing
 from libs.common.waiting import first_of
+from services.task_agent import continuations
 from services.task_agent.changes import TaskChanges
+from services.task_agent.convert import submission
 from services.task_agent.dispatch import Dispatcher
 from services.task_agent.handlers import (
     Handler,
@@ -31,6 +33,7 @@ from services.task_agent.limits import ConcurrencySlots
 from services.task_agent.model import DeadLetterReason, Holder, NewTask, Task, TaskType
 from services.task_agent.retry import after_failure
 from services.task_agent.store import TaskStore
+from services.task_agent.submission import Submission
 from services.task_agent.tasks import TypeCatalog
 
 log = structlog.get_logger(__name__)
@@ -83,6 +86,11 @@ class Worker:
         self._backlog = False
         self._processes: ProcessPoolExecutor | None = None
         self.last_read_at = 0.0
+        # Submits the continuations of the tasks that succeeded (TaskService's, once it is
+        # built: it runs tasks through this worker as they are submitted).
+        self.continue_with: (
+            Callable[[Sequence[Submission]], Awaitable[list[uuid.UUID | None]]] | None
+        ) = None
 
     def _process_pool(self) -> ProcessPoolExecutor:
         # Spawned, not forked: a fork of a process running gRPC threads is not safe.
@@ -254,7 +262,33 @@ class Worker:
                     )
         for entry in batch:
             await self._finish(entry)
-        await self._changes.announce(recorded)
+        # Before the tasks' ends are announced, which say what they continued with: their
+        # submitters need not submit it.
+        await self._changes.announce(recorded, continued=await self._continue(recorded))
+
+    async def _continue(self, succeeded: Sequence[Task]) -> dict[uuid.UUID, list[uuid.UUID]]:
+        """Submits the continuations of tasks that succeeded; answers the tasks each task
+        continued with."""
+        after: list[uuid.UUID] = []
+        subs: list[Submission] = []
+        for task in succeeded:
+            if task.continuations and self.continue_with is not None:
+                for spec in continuations.follow(task.continuations, task.result):
+                    after.append(task.id)
+                    subs.append(submission(spec))
+        if not subs or self.continue_with is None:
+            return {}
+        try:
+            submitted = await self.continue_with(subs)
+        except Exception:
+            # Their submitters submit them once they hear of the ends announced next.
+            log.exception("continuations not submitted", tasks=len(subs))
+            return {}
+        continued: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for task_id, new_id in zip(after, submitted, strict=True):
+            if new_id is not None:
+                continued.setdefault(task_id, []).append(new_id)
+        return continued
 
     async def _finish(self, entry: _Running) -> None:
         await self._release_slot(entry)

@@ -247,10 +247,12 @@ def _joined(trace: list[Span]) -> list[str]:
         "an event consumed": lambda s: s.service == "orchestrator" and s.name == "consume events",
     }
     missing = [what for what, match in wanted.items() if not any(map(match, trace))]
+    # The second step is a chain link: the task agent stores it as the first one ends, with
+    # no call of its own, and its execution joins the trace all the same.
     submits = [s for s in trace if s.service == "task_agent" and s.name.endswith("/SubmitTasks")]
     executions = [s for s in trace if s.service == "task_agent" and s.name == "execute echo"]
-    if len(submits) < 2:
-        missing.append(f"both steps' submissions (got {len(submits)})")
+    if not submits:
+        missing.append("the first step's submission")
     if len(executions) < 2:
         missing.append(f"both steps' executions (got {len(executions)})")
     return missing

@@ -5,6 +5,8 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import grpc
+
 from agentry.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from services.task_agent.app import TaskAgentApp
 from tests.secure import channel_to
@@ -38,6 +40,26 @@ async def until(
 
 def in_state(*states: int) -> Callable[[tasks_pb2.Task], bool]:
     return lambda task: task.state in states
+
+
+async def until_exists(
+    stub, task_id: str, done: Callable[[tasks_pb2.Task], bool], within: float = 10.0
+) -> tasks_pb2.Task:
+    """Polls GetTask until the task exists (it may be submitted later, by another task) and
+    `done` holds, failing after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            task = (await stub.GetTask(S.GetTaskRequest(task_id=task_id))).task
+            if done(task):
+                return task
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        if loop.time() > deadline:
+            raise AssertionError(f"task {task_id} not there, or not done")
+        await asyncio.sleep(0.02)
 
 
 def terminal(task: tasks_pb2.Task) -> bool:

@@ -82,7 +82,7 @@ async def test_a_fifty_step_chain_completes(task_agent, make_orchestrator) -> No
         await register(stub, _chain("long", 50))
         started = await start(stub, "long", {})
         run = await until_ended(stub, started.run.id, 120)
-    assert run.state == W.RUN_STATE_SUCCEEDED
+    assert run.state == W.RUN_STATE_SUCCEEDED, run.error
     assert json.loads({s.name: s for s in run.steps}["s49"].output) == {"n": 49, "prev": 48}
 
 

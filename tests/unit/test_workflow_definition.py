@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from libs.common.errors import InvalidArgument
+from libs.common.references import references, resolve
 from services.orchestrator.cron import cron_matches, next_fire
 from services.orchestrator.definition import (
     RetrySpec,
@@ -18,7 +19,7 @@ from services.orchestrator.definition import (
     load_definition,
     parse_definition,
 )
-from services.orchestrator.references import references, resolve, truthy
+from services.orchestrator.references import truthy
 
 TYPES = {"echo", "webhook.deliver"}
 EXAMPLE: dict[str, Any] = {
@@ -494,3 +495,23 @@ def test_bad_cron_expressions_are_refused(expr: str, fragment: str) -> None:
         next_fire(expr, _at("2025-01-01 00:00:00"))
     with pytest.raises(InvalidArgument, match=fragment):
         cron_matches(expr, _at("2025-01-01 00:00:00"))
+
+
+def test_chain_links_are_steps_that_follow_one_single_task_step_from_its_result_alone() -> None:
+    """The steps a task agent may start itself, as continuations of the task before."""
+    defn = _parse(
+        _flow(
+            _echo("a", input={"x": {"$ref": "input.x"}}),
+            _echo("b", depends_on=["a"], input={"y": {"$ref": "steps.a.output.y"}, "n": 1}),
+            _echo("c", depends_on=["a"], input={"all": {"$ref": "steps.a.output"}}),
+            _echo("maybe", depends_on=["a"], when={"$ref": "input.x"}),
+            _echo("each", depends_on=["a"], for_each={"$ref": "steps.a.output.list"}),
+            _echo("both", depends_on=["b", "c"]),
+            _echo("after_each", depends_on=["each"], input={"n": {"$ref": "steps.each.output"}}),
+            _echo("reads_b", depends_on=["both"], input={"y": {"$ref": "steps.b.output"}}),
+        )
+    )
+    assert [s.name for s in defn.chained_after("a")] == ["b", "c"]
+    assert defn.chained_after("each") == ()
+    assert defn.chained_after("both") == ()
+    assert sorted(defn.chained_steps()) == ["b", "c"]

@@ -153,6 +153,7 @@ class TaskSpec(_message.Message):
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    THEN_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     payload: _builtins.bytes
     """JSON-encoded payload, at most the configured limit (1 MiB by default)."""
@@ -185,6 +186,12 @@ class TaskSpec(_message.Message):
         each run's own, so each task joins its run's trace.
         """
 
+    @_builtins.property
+    def then(self) -> Global___Continuations:
+        """Tasks this one submits itself the moment it succeeds (a workflow's next steps, started
+        without a round trip through their orchestrator).
+        """
+
     def __init__(
         self,
         *,
@@ -202,14 +209,77 @@ class TaskSpec(_message.Message):
         concurrency_key: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        then: Global___Continuations | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry", "run_at", b"run_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry", "run_at", b"run_at", "then", b"then"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "deadline_s", b"deadline_s", "delay_s", b"delay_s", "fallback_type", b"fallback_type", "idempotency_key", b"idempotency_key", "labels", b"labels", "payload", b"payload", "priority", b"priority", "queue", b"queue", "retry", b"retry", "run_at", b"run_at", "timeout_s", b"timeout_s", "trace_context", b"trace_context", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "deadline_s", b"deadline_s", "delay_s", b"delay_s", "fallback_type", b"fallback_type", "idempotency_key", b"idempotency_key", "labels", b"labels", "payload", b"payload", "priority", b"priority", "queue", b"queue", "retry", b"retry", "run_at", b"run_at", "then", b"then", "timeout_s", b"timeout_s", "trace_context", b"trace_context", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class Continuations(_message.Message):
+    """The caller stays the source of truth for what follows a task: it may submit the same
+    tasks again (same idempotency keys) once it hears the task ended, and finds them there.
+    A continuation whose payload cannot be built, or that TaskService refuses, is dropped.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    context: _builtins.bytes
+    """A JSON object: the values `payload_template` references may name, besides `result`.
+    Nested continuations share it.
+    """
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Continuation]: ...
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___Continuation] | None = ...,
+        context: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Continuations: _TypeAlias = Continuations  # noqa: Y015
+
+@_typing.final
+class Continuation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    PAYLOAD_TEMPLATE_FIELD_NUMBER: _builtins.int
+    payload_template: _builtins.bytes
+    """JSON in which {"$ref": "result.<path>"} is replaced by that part of the finished
+    task's result and {"$ref": "<key>.<path>"} by that part of `context`; the values put
+    in are data, their own references not followed.
+    """
+    @_builtins.property
+    def task(self) -> Global___TaskSpec:
+        """Submitted as given, with the payload built from `payload_template`; it may carry
+        continuations of its own (at most 8 levels deep).
+        """
+
+    def __init__(
+        self,
+        *,
+        task: Global___TaskSpec | None = ...,
+        payload_template: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload_template", b"payload_template", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Continuation: _TypeAlias = Continuation  # noqa: Y015
 
 @_typing.final
 class TaskError(_message.Message):

@@ -1,0 +1,147 @@
+"""A chain's next steps start in the task agent, as continuations of the task before them,
+while the orchestrator stays the source of truth: they run with the orchestrator down, and
+the run then completes from the events, each step run once; a run that ended before it
+heard of them cancels what was started ahead of it."""
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+from agentry.tasks.v1 import tasks_pb2
+from agentry.workflows.v1 import workflows_pb2 as W
+from agentry.workflows.v1 import workflows_pb2_grpc
+from libs.common.task_ids import task_id_for
+from tests.integration.task_client import stub_for, terminal, until, until_exists
+from tests.integration.workflow_client import register, start, until_ended
+from tests.secure import channel_to
+
+CHAIN = {
+    "name": "chain",
+    "steps": [
+        {"name": "nap", "type": "sleep", "input": {"seconds": {"$ref": "input.nap"}}},
+        {"name": "two", "type": "echo", "depends_on": ["nap"],
+         "input": {"slept": {"$ref": "steps.nap.output.slept_s"}, "user": {"$ref": "input.user"}}},
+        {"name": "three", "type": "echo", "depends_on": ["two"],
+         "input": {"got": {"$ref": "steps.two.output"}}},
+    ],
+}  # fmt: skip
+# A value that looks like a reference is data: it is copied, not followed.
+USER = {"id": 7, "$ref": "input.nap"}
+
+
+def _task_id(run_id: str, step: str) -> str:
+    return str(task_id_for(f"run:{run_id}:{step}:0:1"))  # item 0, the run's first attempt
+
+
+def _running(task: tasks_pb2.Task) -> bool:
+    return task.state == tasks_pb2.TASK_STATE_RUNNING
+
+
+async def test_a_chain_runs_on_in_the_task_agent_while_its_orchestrator_is_down(
+    make_task_agent, make_orchestrator
+) -> None:
+    agent = await make_task_agent()
+    # No reconciler within the test: the run completes from the events alone.
+    first = await make_orchestrator(agent, stale_run_s=600)
+    async with channel_to(first.server.port, "orchestrator") as channel:
+        workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
+        await register(workflows, CHAIN)
+        run_id = (await start(workflows, "chain", {"nap": 0.3, "user": USER})).run.id
+    async with stub_for(agent) as tasks:
+        await until(tasks, _task_id(run_id, "nap"), _running)
+        await first.stop()
+        last = await until_exists(tasks, _task_id(run_id, "three"), terminal)
+        assert last.state == tasks_pb2.TASK_STATE_SUCCEEDED
+        expected = {"got": {"slept": 0.3, "user": USER}}
+        assert json.loads(last.result) == expected
+
+        second = await make_orchestrator(agent, stale_run_s=600)
+        async with channel_to(second.server.port, "orchestrator") as channel:
+            workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
+            run = await until_ended(workflows, run_id)
+        listed = (await tasks.ListTasks(tasks_pb2.ListTasksRequest())).tasks
+
+    assert run.state == W.RUN_STATE_SUCCEEDED, run.error
+    assert json.loads(run.output) == {"three": expected}
+    steps = {s.name: s for s in run.steps}
+    for name in ("nap", "two", "three"):
+        assert steps[name].state == W.STEP_STATE_SUCCEEDED
+        assert list(steps[name].task_ids) == [_task_id(run_id, name)]
+    assert sorted(task.labels["step"] for task in listed) == ["nap", "three", "two"]
+    assert all(task.attempts == 1 for task in listed)
+
+
+async def test_a_run_that_timed_out_cancels_the_step_started_ahead_of_it(
+    make_task_agent, make_orchestrator
+) -> None:
+    """The step after `nap` sleeps long. The agent starts it while the orchestrator is
+    down, and the run's deadline passes before the orchestrator hears that `nap` ended:
+    the run fails, and the step started ahead of it is cancelled."""
+    slow = {
+        "name": "slow",
+        "timeout_s": 1,
+        "steps": [
+            {"name": "nap", "type": "sleep", "input": {"seconds": 0.2}},
+            {"name": "long", "type": "sleep", "depends_on": ["nap"], "input": {"seconds": 60}},
+        ],
+    }
+    agent = await make_task_agent(lease_s=1.0)  # a cancel stops a running task within 1/3 s
+    first = await make_orchestrator(agent, stale_run_s=600)
+    async with channel_to(first.server.port, "orchestrator") as channel:
+        workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
+        await register(workflows, slow)
+        started = await start(workflows, "slow", {})
+    run_id = started.run.id
+    async with stub_for(agent) as tasks:
+        await until(tasks, _task_id(run_id, "nap"), _running)
+        await first.stop()
+        await until_exists(tasks, _task_id(run_id, "long"), _running)
+        # The deadline is a time on the clock, not an event: wait until it has passed.
+        deadline = started.run.created_at.ToDatetime(tzinfo=UTC) + timedelta(seconds=1.1)
+        await asyncio.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
+
+        second = await make_orchestrator(agent, stale_run_s=600, reconcile_interval_s=0.2)
+        async with channel_to(second.server.port, "orchestrator") as channel:
+            run = await until_ended(workflows_pb2_grpc.WorkflowServiceStub(channel), run_id)
+        long = await until(tasks, _task_id(run_id, "long"), terminal)
+
+    assert run.state == W.RUN_STATE_FAILED
+    assert "timed out" in run.error
+    assert long.state == tasks_pb2.TASK_STATE_CANCELLED
+
+
+async def test_a_run_cancelled_before_its_orchestrator_heard_of_a_step_cancels_it(
+    make_task_agent, make_orchestrator, redis_prefix
+) -> None:
+    """The run is cancelled through an orchestrator that does not read this agent's events
+    (another Redis prefix), after `nap` ended and the agent started `long`: the
+    orchestrator that then hears `nap` ended cancels `long`."""
+    slow = {
+        "name": "slow",
+        "steps": [
+            {"name": "nap", "type": "sleep", "input": {"seconds": 0.2}},
+            {"name": "long", "type": "sleep", "depends_on": ["nap"], "input": {"seconds": 60}},
+        ],
+    }
+    agent = await make_task_agent(lease_s=1.0)  # a cancel stops a running task within 1/3 s
+    first = await make_orchestrator(agent, stale_run_s=600)
+    async with channel_to(first.server.port, "orchestrator") as channel:
+        workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
+        await register(workflows, slow)
+        run_id = (await start(workflows, "slow", {})).run.id
+    async with stub_for(agent) as tasks:
+        await until(tasks, _task_id(run_id, "nap"), _running)
+        await first.stop()
+        await until_exists(tasks, _task_id(run_id, "long"), _running)
+
+        deaf = await make_orchestrator(agent, redis_prefix=f"{redis_prefix}-other")
+        async with channel_to(deaf.server.port, "orchestrator") as channel:
+            workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
+            await workflows.CancelRun(W.CancelRunRequest(run_id=run_id))
+        await deaf.stop()
+        assert (await tasks.GetTask(tasks_pb2.GetTaskRequest(task_id=_task_id(run_id, "long")))
+                ).task.state == tasks_pb2.TASK_STATE_RUNNING  # fmt: skip
+
+        await make_orchestrator(agent, stale_run_s=600)
+        long = await until(tasks, _task_id(run_id, "long"), terminal)
+    assert long.state == tasks_pb2.TASK_STATE_CANCELLED
