@@ -23,7 +23,7 @@ from services.orchestrator.task_client import LOST, TaskEnd, step_key, task_spec
 # Chain links started ahead, at most this many (the task agent takes 8 levels).
 DEPTH = 8
 # A run whose input is larger than this starts its steps through the orchestrator alone:
-# every continuation carries the input.
+# the continuations would carry it in each step's task.
 MAX_INPUT_BYTES = 16 * 1024
 
 
@@ -60,16 +60,20 @@ def _attach(
         return
     for link in defn.chained_after(step.name):
         continuation = then.tasks.add(
-            task=task_spec(link, None, run.id, 0, run.attempt, run.trace_context),
+            # In the trace of the task before, which is the run's.
+            task=task_spec(link, None, run.id, 0, run.attempt, {}),
             payload_template=json.dumps(_template(link.input, step.name)).encode(),
         )
         _attach(continuation.task.then, defn, link, run, depth - 1)
 
 
-def _link_ids(defn: WorkflowDef, run: RunRecord) -> dict[uuid.UUID, str]:
-    """The task ids chain links of the run's current attempt have, wherever started."""
+def _link_ids(defn: WorkflowDef, run: RunRecord, but: Collection[str]) -> dict[uuid.UUID, str]:
+    """The task ids the chain links of the run's current attempt have, wherever started,
+    but those of the steps `but`."""
     return {
-        task_id_for(step_key(run.id, name, 0, run.attempt)): name for name in defn.chained_steps()
+        task_id_for(step_key(run.id, name, 0, run.attempt)): name
+        for name in defn.chained_steps()
+        if name not in but
     }
 
 
@@ -83,8 +87,7 @@ def started_early(
     unknown = [end for end in ends if end.task_id not in known and end.state != LOST]
     if not unknown:
         return []
-    recorded = {task.step for task in tasks}
-    links = {i: name for i, name in _link_ids(defn, run).items() if name not in recorded}
+    links = _link_ids(defn, run, {task.step for task in tasks})
     now = datetime.now(UTC)
     return [
         StepTask(
@@ -100,20 +103,19 @@ def unwanted_ahead(
     run: RunRecord,
     tasks: Sequence[StepTask],
     ends: Sequence[TaskEnd],
-    kept: Collection[uuid.UUID],
+    kept: Collection[str],
 ) -> list[uuid.UUID]:
     """The tasks an agent may have started as continuations of the tasks that succeeded
-    among `ends`, but `kept` (the steps recorded, and those starting now): those of a run
+    among `ends`, but those of the steps `kept` (recorded, or starting now): those of a run
     that ended, or stopped starting steps (one failed), to cancel."""
     step_of = {task.task_id: task.step for task in tasks if task.task_id is not None}
     succeeded = [end for end in ends if end.state == StepState.SUCCEEDED]
     if any(end.task_id not in step_of for end in succeeded):
-        step_of.update(_link_ids(defn, run))
-    ids = []
-    for end in succeeded:
-        if end.task_id in step_of:
-            for link in defn.chained_after(step_of[end.task_id]):
-                task_id = task_id_for(step_key(run.id, link.name, 0, run.attempt))
-                if task_id not in kept:
-                    ids.append(task_id)
-    return ids
+        step_of.update(_link_ids(defn, run, ()))
+    return [
+        task_id_for(step_key(run.id, link.name, 0, run.attempt))
+        for end in succeeded
+        if end.task_id in step_of
+        for link in defn.chained_after(step_of[end.task_id])
+        if link.name not in kept
+    ]

@@ -91,8 +91,8 @@ class RunDetail:
     steps: list[StepDetail]
 
 
-def _ids(tasks: Sequence[StepTask]) -> set[uuid.UUID]:
-    return {task.task_id for task in tasks if task.task_id is not None}
+def _steps(tasks: Sequence[StepTask]) -> set[str]:
+    return {task.step for task in tasks}
 
 
 def _uuid(value: str, what: str) -> uuid.UUID:
@@ -292,8 +292,8 @@ class Runs:
         continuations.py), and what it started for runs that ended is cancelled."""
         moves: list[Move] = []
         unwanted: list[uuid.UUID] = []
-        # The ids of the tasks each run had recorded, and records now.
-        kept: dict[uuid.UUID, set[uuid.UUID]] = {}
+        # The steps each run had recorded, and records now.
+        kept: dict[uuid.UUID, set[str]] = {}
         with self._tasks.hold() as hold:
             async with self._store.locked(list(ends_by_run)) as tx:
                 early: list[StartedStep] = []
@@ -302,7 +302,7 @@ class Runs:
                     tasks, marks = tx.steps[run.id]
                     ends = ends_by_run[run.id]
                     if run.state != RunState.RUNNING:
-                        unwanted += unwanted_ahead(defn, run, tasks, ends, _ids(tasks))
+                        unwanted += unwanted_ahead(defn, run, tasks, ends, _steps(tasks))
                         continue
                     ahead = started_early(defn, run, tasks, ends)
                     early += [
@@ -318,7 +318,7 @@ class Runs:
                     move = plan_move(run, defn, tasks, marks, ends)
                     move.events[:0] = [("step.started", t.step, {"tasks": 1}) for t in ahead]
                     moves.append(move)
-                    kept[run.id] = _ids(tasks)
+                    kept[run.id] = _steps(tasks)
                 await tx.add_tasks(early)
                 await tx.finish_tasks(
                     [end for m in moves for end in ends_by_run[m.run.id] if end.state != LOST]
@@ -327,8 +327,9 @@ class Runs:
         for move in moves:
             tasks, _ = tx.steps[move.run.id]
             ends = ends_by_run[move.run.id]
+            started = {start.step.name for start in move.plan.start}
             unwanted += unwanted_ahead(
-                move.defn, move.run, tasks, ends, kept[move.run.id] | set(move.task_ids)
+                move.defn, move.run, tasks, ends, kept[move.run.id] | started
             )
         await self._follow_up(moves, hold)
         if unwanted:

@@ -3,6 +3,7 @@ as a workflow's next steps are started without a round trip through the orchestr
 are checked when the task is submitted, stored with it sealed, and built from its result."""
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -54,10 +55,12 @@ def _check_tasks(tasks: Any, label: str, depth: int) -> None:
         _check_tasks(continuation.task.then.tasks, f"{where}.task.then", depth + 1)
 
 
-def follow(then: bytes, result: bytes | None) -> list[tasks_pb2.TaskSpec]:
-    """The tasks to submit once a task with continuations `then` succeeded with `result`.
-    One whose payload cannot be built from it is left out: its submitter, which hears of
-    the task's end, decides what becomes of it."""
+def follow(
+    then: bytes, result: bytes | None, trace_context: Mapping[str, str]
+) -> list[tasks_pb2.TaskSpec]:
+    """The tasks to submit once a task with continuations `then` and `trace_context`
+    succeeded with `result`. One whose payload cannot be built from it is left out: its
+    submitter, which hears of the task's end, decides what becomes of it."""
     decoded = tasks_pb2.Continuations.FromString(then)
     values = {
         **(json.loads(decoded.context) if decoded.context else {}),
@@ -78,5 +81,7 @@ def follow(then: bytes, result: bytes | None) -> list[tasks_pb2.TaskSpec]:
         spec.payload = json.dumps(payload, separators=(",", ":")).encode()
         if spec.then.tasks and not spec.then.context:
             spec.then.context = decoded.context
+        if not spec.trace_context:
+            spec.trace_context.update(trace_context)
         specs.append(spec)
     return specs

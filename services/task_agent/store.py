@@ -71,7 +71,13 @@ _SUCCEED = """
            AS v(id, attempt, result)
      WHERE t.id = v.id AND t.attempts = v.attempt AND t.state = 'RUNNING'
     RETURNING {columns}
-""".format(columns=", ".join(f"t.{c.name}" for c in tasks.c))
+""".format(
+    # The continuations stay in the table: the worker holds them since it took the task.
+    columns=", ".join(
+        f"t.{c.name}" if c.name != "continuations" else "NULL::bytea AS continuations"
+        for c in tasks.c
+    )
+)
 
 
 class TaskStore:
@@ -173,7 +179,7 @@ class TaskStore:
 
     async def succeed(self, outcomes: Sequence[tuple[uuid.UUID, int, bytes]]) -> list[Task]:
         """Records results in one statement; an outcome whose attempt is stale is refused
-        (absent from the answer)."""
+        (absent from the answer). The tasks answered lack their continuations."""
         if not outcomes:
             return []
         ids, attempts, results = (list(col) for col in zip(*outcomes, strict=True))

@@ -264,16 +264,23 @@ class Worker:
             await self._finish(entry)
         # Before the tasks' ends are announced, which say what they continued with: their
         # submitters need not submit it.
-        await self._changes.announce(recorded, continued=await self._continue(recorded))
+        continued = await self._continue(recorded, [e.task for e in batch])
+        await self._changes.announce(recorded, continued=continued)
 
-    async def _continue(self, succeeded: Sequence[Task]) -> dict[uuid.UUID, list[uuid.UUID]]:
-        """Submits the continuations of tasks that succeeded; answers the tasks each task
-        continued with."""
+    async def _continue(
+        self, succeeded: Sequence[Task], taken: Sequence[Task]
+    ) -> dict[uuid.UUID, list[uuid.UUID]]:
+        """Submits the continuations of tasks that succeeded (as `taken`, the tasks as this
+        agent took them, hold them); answers the tasks each task continued with."""
+        then_of = {task.id: task for task in taken if task.continuations}
         after: list[uuid.UUID] = []
         subs: list[Submission] = []
         for task in succeeded:
-            if task.continuations and self.continue_with is not None:
-                for spec in continuations.follow(task.continuations, task.result):
+            held = then_of.get(task.id)
+            if held is not None and held.continuations and self.continue_with is not None:
+                for spec in continuations.follow(
+                    held.continuations, task.result, held.trace_context
+                ):
                     after.append(task.id)
                     subs.append(submission(spec))
         if not subs or self.continue_with is None:

@@ -11,6 +11,7 @@ from agentry.tasks.v1 import tasks_pb2
 from agentry.workflows.v1 import workflows_pb2 as W
 from agentry.workflows.v1 import workflows_pb2_grpc
 from libs.common.task_ids import task_id_for
+from services.task_agent.app import TaskAgentApp
 from tests.integration.task_client import stub_for, terminal, until, until_exists
 from tests.integration.workflow_client import register, start, until_ended
 from tests.secure import channel_to
@@ -71,40 +72,52 @@ async def test_a_chain_runs_on_in_the_task_agent_while_its_orchestrator_is_down(
     assert all(task.attempts == 1 for task in listed)
 
 
-async def test_a_run_that_timed_out_cancels_the_step_started_ahead_of_it(
-    make_task_agent, make_orchestrator
-) -> None:
-    """The step after `nap` sleeps long. The agent starts it while the orchestrator is
-    down, and the run's deadline passes before the orchestrator hears that `nap` ended:
-    the run fails, and the step started ahead of it is cancelled."""
-    slow = {
+def _nap_then_long(**workflow: object) -> dict:
+    return {
         "name": "slow",
-        "timeout_s": 1,
+        **workflow,
         "steps": [
             {"name": "nap", "type": "sleep", "input": {"seconds": 0.2}},
             {"name": "long", "type": "sleep", "depends_on": ["nap"], "input": {"seconds": 60}},
         ],
     }
+
+
+async def _long_started_ahead(
+    make_task_agent, make_orchestrator, definition: dict
+) -> tuple[TaskAgentApp, W.Run]:
+    """Starts a run of `definition` (`nap`, then `long`), stops its orchestrator while `nap`
+    runs, and waits for the agent to start `long` on its own."""
     agent = await make_task_agent(lease_s=1.0)  # a cancel stops a running task within 1/3 s
     first = await make_orchestrator(agent, stale_run_s=600)
     async with channel_to(first.server.port, "orchestrator") as channel:
         workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
-        await register(workflows, slow)
-        started = await start(workflows, "slow", {})
-    run_id = started.run.id
+        await register(workflows, definition)
+        run = (await start(workflows, "slow", {})).run
     async with stub_for(agent) as tasks:
-        await until(tasks, _task_id(run_id, "nap"), _running)
+        await until(tasks, _task_id(run.id, "nap"), _running)
         await first.stop()
-        await until_exists(tasks, _task_id(run_id, "long"), _running)
-        # The deadline is a time on the clock, not an event: wait until it has passed.
-        deadline = started.run.created_at.ToDatetime(tzinfo=UTC) + timedelta(seconds=1.1)
-        await asyncio.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
+        await until_exists(tasks, _task_id(run.id, "long"), _running)
+    return agent, run
 
-        second = await make_orchestrator(agent, stale_run_s=600, reconcile_interval_s=0.2)
-        async with channel_to(second.server.port, "orchestrator") as channel:
-            run = await until_ended(workflows_pb2_grpc.WorkflowServiceStub(channel), run_id)
-        long = await until(tasks, _task_id(run_id, "long"), terminal)
 
+async def test_a_run_that_timed_out_cancels_the_step_started_ahead_of_it(
+    make_task_agent, make_orchestrator
+) -> None:
+    """The agent starts `long` while the orchestrator is down, and the run's deadline passes
+    before the orchestrator hears that `nap` ended: the run fails, and `long` is
+    cancelled."""
+    definition = _nap_then_long(timeout_s=1)
+    agent, started = await _long_started_ahead(make_task_agent, make_orchestrator, definition)
+    # The deadline is a time on the clock, not an event: wait until it has passed.
+    deadline = started.created_at.ToDatetime(tzinfo=UTC) + timedelta(seconds=1.1)
+    await asyncio.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
+
+    second = await make_orchestrator(agent, stale_run_s=600, reconcile_interval_s=0.2)
+    async with channel_to(second.server.port, "orchestrator") as channel:
+        run = await until_ended(workflows_pb2_grpc.WorkflowServiceStub(channel), started.id)
+    async with stub_for(agent) as tasks:
+        long = await until(tasks, _task_id(run.id, "long"), terminal)
     assert run.state == W.RUN_STATE_FAILED
     assert "timed out" in run.error
     assert long.state == tasks_pb2.TASK_STATE_CANCELLED
@@ -116,32 +129,17 @@ async def test_a_run_cancelled_before_its_orchestrator_heard_of_a_step_cancels_i
     """The run is cancelled through an orchestrator that does not read this agent's events
     (another Redis prefix), after `nap` ended and the agent started `long`: the
     orchestrator that then hears `nap` ended cancels `long`."""
-    slow = {
-        "name": "slow",
-        "steps": [
-            {"name": "nap", "type": "sleep", "input": {"seconds": 0.2}},
-            {"name": "long", "type": "sleep", "depends_on": ["nap"], "input": {"seconds": 60}},
-        ],
-    }
-    agent = await make_task_agent(lease_s=1.0)  # a cancel stops a running task within 1/3 s
-    first = await make_orchestrator(agent, stale_run_s=600)
-    async with channel_to(first.server.port, "orchestrator") as channel:
+    agent, run = await _long_started_ahead(make_task_agent, make_orchestrator, _nap_then_long())
+    deaf = await make_orchestrator(agent, redis_prefix=f"{redis_prefix}-other")
+    async with channel_to(deaf.server.port, "orchestrator") as channel:
         workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
-        await register(workflows, slow)
-        run_id = (await start(workflows, "slow", {})).run.id
+        await workflows.CancelRun(W.CancelRunRequest(run_id=run.id))
+    await deaf.stop()
     async with stub_for(agent) as tasks:
-        await until(tasks, _task_id(run_id, "nap"), _running)
-        await first.stop()
-        await until_exists(tasks, _task_id(run_id, "long"), _running)
-
-        deaf = await make_orchestrator(agent, redis_prefix=f"{redis_prefix}-other")
-        async with channel_to(deaf.server.port, "orchestrator") as channel:
-            workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
-            await workflows.CancelRun(W.CancelRunRequest(run_id=run_id))
-        await deaf.stop()
-        assert (await tasks.GetTask(tasks_pb2.GetTaskRequest(task_id=_task_id(run_id, "long")))
-                ).task.state == tasks_pb2.TASK_STATE_RUNNING  # fmt: skip
+        long_id = _task_id(run.id, "long")
+        still = (await tasks.GetTask(tasks_pb2.GetTaskRequest(task_id=long_id))).task
+        assert still.state == tasks_pb2.TASK_STATE_RUNNING
 
         await make_orchestrator(agent, stale_run_s=600)
-        long = await until(tasks, _task_id(run_id, "long"), terminal)
+        long = await until(tasks, long_id, terminal)
     assert long.state == tasks_pb2.TASK_STATE_CANCELLED

@@ -263,8 +263,9 @@ class Continuation(_message.Message):
     """
     @_builtins.property
     def task(self) -> Global___TaskSpec:
-        """Submitted as given, with the payload built from `payload_template`; it may carry
-        continuations of its own (at most 8 levels deep).
+        """Submitted as given, with the payload built from `payload_template`, and without a
+        trace_context, the trace of the task it follows; it may carry continuations of its own
+        (at most 8 levels deep).
         """
 
     def __init__(
