@@ -3,10 +3,12 @@ task type.
 
 - p95 duration and queue lag: the p95 of each run of `smooth_minutes` minutes (a minute of a
   few dozen tasks gives a p95 that moves by a factor from one minute to the next), in log
-  space (durations change by factors), against an EWMA baseline with a robust median/MAD band
-  (`series.anomalies`). The last `confirm` points must all be flagged rises, each by a ratio
-  (and, for lag, a number of seconds) that matters to a person: histogram buckets make long
-  flat stretches whose smallest change the band alone finds very unlikely.
+  space (durations change by factors), against the level before: the median of the earlier
+  runs, with a robust median/MAD band (`series.noise_scale`). The last `shift_points` runs
+  must all stand above it, each by a ratio (and, for lag, a number of seconds) that matters
+  to a person: histogram buckets make long flat stretches whose smallest change the band
+  alone finds very unlikely. `shift_points` exceeds `smooth_minutes`, so no single slow
+  minute (which lifts every run it is in) makes a finding.
 - failure rate: a count test, not a band (see `failure_rate`): failures are binomial counts,
   where a MAD of per-minute rates is 0 or blind.
 
@@ -17,10 +19,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from statistics import median
 from typing import Any
 
 from services.analysis.reports import BUCKETS, add_histograms, percentile
-from services.analysis.series import anomalies
+from services.analysis.series import noise_scale
 
 MINUTE = timedelta(minutes=1)
 ATTEMPT_OUTCOMES = {"succeeded", "failed", "retried"}
@@ -33,10 +36,7 @@ class Tuning:
     """The detectors' knobs; the defaults are what the shipped scenarios measure."""
 
     lookback_minutes: int = 72
-    threshold: float = 3.0
-    alpha: float = 0.3
     min_history: int = 8
-    confirm: int = 3
     # failure rate
     rate_window: int = 3
     min_baseline_attempts: int = 100
@@ -46,7 +46,10 @@ class Tuning:
     min_rate_rise: float = 0.05
     rate_ratio: float = 2.0
     max_p: float = 1e-6
-    # p95 duration and queue lag, over runs of minutes
+    # p95 duration and queue lag, over runs of minutes: the last shift_points runs stand
+    # shift_threshold robust sigmas above the median of the runs before
+    shift_threshold: float = 2.0
+    shift_points: int = 4
     smooth_minutes: int = 3
     min_durations: int = 20
     duration_ratio: float = 1.5
@@ -288,29 +291,28 @@ def _rising(
     ratio: float,
     floor: float,
 ) -> Finding | None:
-    """A finding when the last `confirm` points of `series` (minute index, seconds) are all
-    flagged rises, the last of them among the last minutes (a type that went quiet has no
-    current finding), each at least `ratio` times what was expected and `floor` seconds.
-    The band is drawn in log space: durations vary by factors, and a factor is what matters."""
-    if len(series) <= tuning.min_history or series[-1][0] < recent.minutes - 1 - tuning.confirm:
+    """A finding when the last `shift_points` points of `series` (minute index, seconds) all stand
+    above the level before them, the last of them among the last minutes (a type that went
+    quiet has no current finding): each at least `ratio` times that level, `floor` seconds,
+    and `shift_threshold` robust sigmas above it. The level is the median of the earlier points,
+    which a rise does not move (an EWMA follows a lasting one within a few points, and stops
+    seeing it); a rise that lasts half the lookback becomes the level. Both are taken in log
+    space: durations vary by factors, and a factor is what matters."""
+    shift = tuning.shift_points
+    if len(series) < tuning.min_history + shift or series[-1][0] < recent.minutes - 1 - shift:
         return None
     logs = [math.log2(v) for _, v in series]
-    found = {
-        a.index: a
-        for a in anomalies(
-            logs, threshold=tuning.threshold, alpha=tuning.alpha, min_history=tuning.min_history
-        )
-    }
-    confirmed = [found.get(p) for p in range(len(series) - tuning.confirm, len(series))]
+    before = logs[:-shift]
+    level = median(before)
+    scale = noise_scale([x - level for x in before], level)
     points = []
-    for a in confirmed:
-        if a is None:
+    for (minute, value), logged in zip(series[-shift:], logs[-shift:], strict=True):
+        score = (logged - level) / scale
+        if score < tuning.shift_threshold or value < ratio * 2**level or value < floor:
             return None
-        value, expected = 2**a.value, 2**a.expected
-        if value < ratio * expected or value < floor:
-            return None
-        points.append((series[a.index][0], value, expected, a.score))
-    minute, value, expected, score = points[-1]
+        points.append((minute, value, score))
+    expected = 2**level
+    minute, value, score = points[-1]
     rise = value / expected
     start, end = minute_span(recent, points[0][0], minute)
     return Finding(
@@ -326,7 +328,7 @@ def _rising(
             "score": round(score, 2),
             "points": [
                 {"minute": (recent.first + m * MINUTE).isoformat(), "value": v}
-                for m, v, _, _ in points
+                for m, v, _ in points
             ],
         },
     )
