@@ -270,20 +270,19 @@ class Worker:
     async def _continue(
         self, succeeded: Sequence[Task], taken: Sequence[Task]
     ) -> dict[uuid.UUID, list[uuid.UUID]]:
-        """Submits the continuations of tasks that succeeded (as `taken`, the tasks as this
+        """Submits the continuations of tasks that succeeded (`taken`, the tasks as this
         agent took them, hold them); answers the tasks each task continued with."""
-        then_of = {task.id: task for task in taken if task.continuations}
+        if self.continue_with is None:
+            return {}
+        held = {task.id: task for task in taken}
         after: list[uuid.UUID] = []
         subs: list[Submission] = []
         for task in succeeded:
-            held = then_of.get(task.id)
-            if held is not None and held.continuations and self.continue_with is not None:
-                for spec in continuations.follow(
-                    held.continuations, task.result, held.trace_context
-                ):
-                    after.append(task.id)
-                    subs.append(submission(spec))
-        if not subs or self.continue_with is None:
+            then, trace = held[task.id].continuations, held[task.id].trace_context
+            for spec in continuations.follow(then, task.result, trace) if then else ():
+                after.append(task.id)
+                subs.append(submission(spec))
+        if not subs:
             return {}
         try:
             submitted = await self.continue_with(subs)
