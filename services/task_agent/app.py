@@ -101,7 +101,7 @@ class TaskAgentApp(GrpcApp):
             settings.max_payload_bytes,
             eager=self.worker if settings.eager_execution else None,
         )
-        self.worker.continue_with = self.tasks.continue_with
+        self.worker.record_results = self.tasks.record_results
         super().__init__(
             settings,
             [

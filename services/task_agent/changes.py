@@ -72,16 +72,22 @@ class TaskChanges:
         new: bool = False,
         dead_lettered: bool = False,
         continued: Mapping[uuid.UUID, Sequence[uuid.UUID]] | None = None,
+        created: Sequence[Task] = (),
     ) -> None:
         """Cache writes and events in one round trip. `new`: the tasks were just created, so
         no cached copy can exist to update; the first read fills the cache. `dead_lettered`:
         the failed tasks among them went to the dead letters. `continued`: the tasks that
-        succeeded tasks submitted as their continuations, which their events name."""
-        if not changed:
+        succeeded tasks submitted as their continuations, which their events name, and
+        `created` those tasks (new), announced first."""
+        if not changed and not created:
             return
-        count_changes(changed, new, dead_lettered)
+        if created:
+            count_changes(created, True, False)
+        if changed:
+            count_changes(changed, new, dead_lettered)
+        everything = [*created, *changed]
         items = []
-        for t in changed:
+        for t in everything:
             data = {**task_event_data(t), "version": self.version}
             if continued and t.id in continued:
                 data["continued"] = [str(task_id) for task_id in continued[t.id]]
@@ -89,7 +95,7 @@ class TaskChanges:
         events = make_events(items, self.events.source)
         # A task's events continue its submission's trace, wherever they are published
         # from (a batch of results, the reconciler): its consumers join that trace.
-        for event, task in zip(events, changed, strict=True):
+        for event, task in zip(events, everything, strict=True):
             if task.trace_context:
                 event.trace_context.clear()
                 event.trace_context.update(task.trace_context)

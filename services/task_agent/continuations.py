@@ -1,6 +1,7 @@
 """Continuations: the tasks a task submits itself the moment it succeeds (`TaskSpec.then`),
 as a workflow's next steps are started without a round trip through the orchestrator. They
-are checked when the task is submitted, stored with it sealed, and built from its result."""
+are checked when the task is submitted, stored with it sealed, built from its result, and
+stored as tasks by the statement that records it (`TaskStore.succeed`)."""
 
 import json
 from collections.abc import Mapping

@@ -4,7 +4,7 @@ the state it expects and, for a running task, by the fencing token (its attempt)
 import json
 import uuid
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,7 +67,7 @@ _SUCCEED = """
        SET state = 'SUCCEEDED', result = v.result, progress = 1, finished_at = now(),
            updated_at = now(), lease_expires_at = NULL, error_reason = NULL,
            error_message = NULL, error_kind = NULL
-      FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(results)b::bytea[])
+      FROM unnest(%(done_ids)b::uuid[], %(done_attempts)b::int[], %(results)b::bytea[])
            AS v(id, attempt, result)
      WHERE t.id = v.id AND t.attempts = v.attempt AND t.state = 'RUNNING'
     RETURNING {columns}
@@ -78,6 +78,20 @@ _SUCCEED = """
         for c in tasks.c
     )
 )
+# The results, and the continuations of the tasks whose results are recorded, in one
+# statement: a continuation exists if and only if the task before it succeeded.
+_SUCCEED_CONTINUING = f"""
+    WITH done AS ({_SUCCEED}),
+    continued AS (
+        INSERT INTO tasks.tasks ({", ".join(_INSERT_COLUMNS)})
+        SELECT {", ".join(_INSERT_COLUMNS)}
+          FROM unnest({_PLACEHOLDERS}, %(after)b::uuid[])
+               AS c({", ".join(_INSERT_COLUMNS)}, after_id)
+         WHERE c.after_id IN (SELECT id FROM done)
+        ON CONFLICT DO NOTHING RETURNING id
+    )
+    SELECT done.*, ARRAY(SELECT id FROM continued) AS continued FROM done
+"""
 
 
 class TaskStore:
@@ -120,10 +134,7 @@ class TaskStore:
         first: dict[uuid.UUID, NewTask] = {}
         for new in batch:
             first.setdefault(new.id, new)
-        rows = [insert_values(new, now, self._keyring, holders[new.id]) for new in first.values()]
-        columns = {name: [row[name] for row in rows] for name in _INSERT_COLUMNS}
-        columns["labels"] = [json.dumps(labels) for labels in columns["labels"]]
-        columns["trace_context"] = [json.dumps(c) for c in columns["trace_context"]]
+        columns = self._insert_columns(list(first.values()), now, holders)
         created = {row.id for row in await self._fetch(_INSERT, columns)}
         missing = [n.idempotency_key for n in batch if n.id not in created and n.idempotency_key]
         existing = {}
@@ -140,6 +151,15 @@ class TaskStore:
             else:
                 answers.append((stored_task(first[n.id], now, holders[n.id]), first[n.id] is n))
         return answers
+
+    def _insert_columns(
+        self, batch: Sequence[NewTask], now: datetime, holders: dict[uuid.UUID, Holder | None]
+    ) -> dict[str, list[Any]]:
+        rows = [insert_values(new, now, self._keyring, holders[new.id]) for new in batch]
+        columns = {name: [row[name] for row in rows] for name in _INSERT_COLUMNS}
+        columns["labels"] = [json.dumps(labels) for labels in columns["labels"]]
+        columns["trace_context"] = [json.dumps(c) for c in columns["trace_context"]]
+        return columns
 
     async def get(self, task_id: uuid.UUID) -> Task | None:
         async with self._single() as conn:
@@ -177,17 +197,40 @@ class TaskStore:
         rows = await self._fetch(_CLAIM, {"ids": list(ids), "agent": agent, "lease": lease_s})
         return [self._task(row) for row in rows]
 
-    async def succeed(self, outcomes: Sequence[tuple[uuid.UUID, int, bytes]]) -> list[Task]:
+    async def succeed(
+        self,
+        outcomes: Sequence[tuple[uuid.UUID, int, bytes]],
+        continuations: Sequence[tuple[uuid.UUID, NewTask]] = (),
+        now: datetime | None = None,
+        held: Collection[uuid.UUID] = (),
+        holder: Holder | None = None,
+    ) -> tuple[list[Task], list[Task]]:
         """Records results in one statement; an outcome whose attempt is stale is refused
-        (absent from the answer). The tasks answered lack their continuations."""
+        (absent from the answer). The same statement stores the `continuations` (the id of
+        the task each follows, and the task) of the tasks whose results it records, those
+        in `held` claimed by `holder`; one whose id is taken is not stored. Answers the
+        tasks recorded (without their continuations), and the continuations stored."""
         if not outcomes:
-            return []
+            return [], []
         ids, attempts, results = (list(col) for col in zip(*outcomes, strict=True))
         sealed = [
             self._keyring.encrypt(r, result_aad(i)) for i, r in zip(ids, results, strict=True)
         ]
-        rows = await self._fetch(_SUCCEED, {"ids": ids, "attempts": attempts, "results": sealed})
-        return [self._task(row) for row in rows]
+        params: dict[str, Any] = {"done_ids": ids, "done_attempts": attempts, "results": sealed}
+        if not continuations:
+            return [self._task(row) for row in await self._fetch(_SUCCEED, params)], []
+        at = now or datetime.now(UTC)
+        first: dict[uuid.UUID, tuple[uuid.UUID, NewTask]] = {}
+        for after, new in continuations:
+            first.setdefault(new.id, (after, new))
+        holders = {task_id: holder if task_id in held else None for task_id in first}
+        params |= self._insert_columns([new for _, new in first.values()], at, holders)
+        params["after"] = [after for after, _ in first.values()]
+        rows = await self._fetch(_SUCCEED_CONTINUING, params)
+        stored = set(rows[0].continued) if rows else set()
+        return [self._task(row) for row in rows], [
+            stored_task(new, at, holders[new.id]) for _, new in first.values() if new.id in stored
+        ]
 
     async def _fenced_update(self, task_id: uuid.UUID, attempt: int, **values: Any) -> Task | None:
         """Changes a running task only if `attempt` is still its fencing token."""

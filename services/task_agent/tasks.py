@@ -112,27 +112,42 @@ class Tasks:
                 ) from None
         return await self._store_and_dispatch(new, now)
 
-    async def continue_with(self, batch: Sequence[Submission]) -> list[uuid.UUID | None]:
-        """Submits the continuations of tasks that succeeded; answers their tasks' ids, in
-        order, None for one refused. A refused one is dropped, the others stored: its
-        submitter, which hears of the task's end, decides what becomes of it."""
+    async def record_results(
+        self,
+        outcomes: Sequence[tuple[uuid.UUID, int, bytes]],
+        follows: Sequence[tuple[uuid.UUID, Submission]],
+    ) -> tuple[list[Task], list[Task], dict[uuid.UUID, list[uuid.UUID]]]:
+        """Records results (task id, attempt, result) and, in the same statement, stores the
+        continuations (`follows`: the id of the task each follows, and its submission) of
+        the tasks whose results it records, and runs or dispatches them. One TaskService
+        refuses is dropped: its submitter, which hears of the task's end, decides what
+        becomes of it. Answers the tasks recorded, the continuations stored, and the ids
+        of those each recorded task continued with; the caller announces them."""
         now = datetime.now(UTC)
-        types = await self._catalog.known()
-        new: list[NewTask | None] = []
-        for sub in batch:
+        types = await self._catalog.known() if follows else {}
+        continuing: list[tuple[uuid.UUID, NewTask]] = []
+        for after, sub in follows:
             try:
                 # Their own continuations were checked with the task they continue.
                 task = validate(
                     replace(sub, then=b""), types, self._max_payload_bytes, now, sub.trace_context
                 )
-                new.append(replace(task, continuations=sub.then or None))
             except InvalidArgument as exc:
-                new.append(None)
                 log.info("continuation refused", type=sub.type, error=str(exc))
-        valid = [n for n in new if n is not None]
-        if valid:
-            await self._store_and_dispatch(valid, now)
-        return [n.id if n is not None else None for n in new]
+                continue
+            continuing.append((after, replace(task, continuations=sub.then or None)))
+        held = self._take_eagerly([new for _, new in continuing], now)
+        holder = self._eager.holder if self._eager else None
+        recorded, created = await self._store.succeed(outcomes, continuing, now, held, holder)
+        await self._dispatcher.send([t for t in created if t.id not in held])
+        if self._eager is not None and held:
+            self._eager.adopt([t for t in created if t.id in held])
+        stored = {t.id for t in created}
+        continued: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for after, new in continuing:
+            if new.id in stored:
+                continued.setdefault(after, []).append(new.id)
+        return recorded, created, continued
 
     async def _store_and_dispatch(
         self, new: Sequence[NewTask], now: datetime

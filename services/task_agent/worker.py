@@ -86,10 +86,14 @@ class Worker:
         self._backlog = False
         self._processes: ProcessPoolExecutor | None = None
         self.last_read_at = 0.0
-        # Submits the continuations of the tasks that succeeded (TaskService's, once it is
-        # built: it runs tasks through this worker as they are submitted).
-        self.continue_with: (
-            Callable[[Sequence[Submission]], Awaitable[list[uuid.UUID | None]]] | None
+        # Records results with the continuations of the tasks that succeeded (TaskService's,
+        # once it is built: it runs tasks through this worker as they are submitted).
+        self.record_results: (
+            Callable[
+                [Sequence[tuple[uuid.UUID, int, bytes]], Sequence[tuple[uuid.UUID, Submission]]],
+                Awaitable[tuple[list[Task], list[Task], dict[uuid.UUID, list[uuid.UUID]]]],
+            ]
+            | None
         ) = None
 
     def _process_pool(self) -> ProcessPoolExecutor:
@@ -248,9 +252,15 @@ class Worker:
         batch, self._results = self._results, []
         if not batch:
             return
-        recorded = await self._store.succeed(
-            [(e.task.id, e.task.attempts, e.result or b"null") for e in batch]
-        )
+        # Their handlers are done: the slots take new work, continuations first.
+        for entry in batch:
+            await self._finish(entry)
+        outcomes = [(e.task.id, e.task.attempts, e.result or b"null") for e in batch]
+        follows = [follow for e in batch if e.task.continuations for follow in self._follows(e)]
+        if self.record_results is not None:
+            recorded, created, continued = await self.record_results(outcomes, follows)
+        else:
+            (recorded, created), continued = await self._store.succeed(outcomes), {}
         if len(recorded) < len(batch):
             kept = {t.id for t in recorded}
             for entry in batch:
@@ -260,41 +270,20 @@ class Worker:
                         task_id=str(entry.task.id),
                         attempt=entry.task.attempts,
                     )
-        for entry in batch:
-            await self._finish(entry)
-        # Before the tasks' ends are announced, which say what they continued with: their
-        # submitters need not submit it.
-        continued = await self._continue(recorded, [e.task for e in batch])
-        await self._changes.announce(recorded, continued=continued)
+        # The ends say what the tasks continued with: their submitters need not submit it.
+        await self._changes.announce(recorded, continued=continued, created=created)
 
-    async def _continue(
-        self, succeeded: Sequence[Task], taken: Sequence[Task]
-    ) -> dict[uuid.UUID, list[uuid.UUID]]:
-        """Submits the continuations of tasks that succeeded (`taken`, the tasks as this
-        agent took them, hold them); answers the tasks each task continued with."""
-        if self.continue_with is None:
-            return {}
-        held = {task.id: task for task in taken}
-        after: list[uuid.UUID] = []
-        subs: list[Submission] = []
-        for task in succeeded:
-            then, trace = held[task.id].continuations, held[task.id].trace_context
-            for spec in continuations.follow(then, task.result, trace) if then else ():
-                after.append(task.id)
-                subs.append(submission(spec))
-        if not subs:
-            return {}
+    def _follows(self, entry: _Running) -> list[tuple[uuid.UUID, Submission]]:
+        """The continuations a finished task submits with its result. Failing to build them
+        never costs the result: the task's submitter hears of its end and submits them."""
+        task = entry.task
+        assert task.continuations is not None
         try:
-            submitted = await self.continue_with(subs)
+            specs = continuations.follow(task.continuations, entry.result, task.trace_context)
         except Exception:
-            # Their submitters submit them once they hear of the ends announced next.
-            log.exception("continuations not submitted", tasks=len(subs))
-            return {}
-        continued: dict[uuid.UUID, list[uuid.UUID]] = {}
-        for task_id, new_id in zip(after, submitted, strict=True):
-            if new_id is not None:
-                continued.setdefault(task_id, []).append(new_id)
-        return continued
+            log.exception("continuations not built", task_id=str(task.id))
+            return []
+        return [(task.id, submission(spec)) for spec in specs]
 
     async def _finish(self, entry: _Running) -> None:
         await self._release_slot(entry)

@@ -3,12 +3,15 @@ succeeds, their payloads built from its result; what cannot be built is left out
 submission whose continuations are malformed is refused whole."""
 
 import json
+import uuid
+from datetime import UTC, datetime
 
 import grpc
 import pytest
 
 from agentry.tasks.v1 import tasks_pb2
 from libs.common.task_ids import task_id_for
+from services.task_agent.model import NewTask, Priority, RetryPolicy
 from tests.integration.task_client import spec, stub_for, submit, terminal, until, until_exists
 
 S = tasks_pb2
@@ -96,3 +99,38 @@ async def test_eight_levels_of_continuations_are_taken(make_task_agent) -> None:
         await submit(tasks, "echo", {}, then=_nested(8))
         deepest = await until_exists(tasks, str(task_id_for("deepest")), terminal)
     assert deepest.state == S.TASK_STATE_SUCCEEDED
+
+
+async def test_a_continuation_is_stored_with_its_tasks_result_or_not_at_all(
+    make_task_agent,
+) -> None:
+    """The result and the continuations go in one statement: a result refused as stale (the
+    task was taken again meanwhile) stores no continuation; the accepted one does."""
+    agent = await make_task_agent()
+    store = agent.store
+    async with stub_for(agent) as tasks:
+        task = await submit(tasks, "echo", {"x": 1}, queue="served-by-nobody")
+    task_id = uuid.UUID(task.id)
+    [first] = await store.claim([task_id], "task_agent/a", lease_s=30)
+    await store.retry(task_id, first.attempts, datetime.now(UTC), "lost", "taken again")
+    [second] = await store.claim([task_id], "task_agent/b", lease_s=30)
+    following = NewTask(
+        type="echo",
+        payload=b'{"x":1}',
+        queue="served-by-nobody",
+        priority=Priority.NORMAL,
+        retry=RetryPolicy(),
+        timeout_s=60,
+        run_at=datetime.now(UTC),
+        id=task_id_for("after-stale"),
+        idempotency_key="after-stale",
+    )
+
+    stale = await store.succeed([(task_id, first.attempts, b"1")], [(task_id, following)])
+    assert stale == ([], [])
+    assert await store.get(following.id) is None
+    [recorded], [stored] = await store.succeed(
+        [(task_id, second.attempts, b"2")], [(task_id, following)]
+    )
+    assert recorded.result == b"2" and stored.id == following.id
+    assert (await store.get(following.id)) is not None

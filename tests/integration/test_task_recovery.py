@@ -72,7 +72,7 @@ async def test_a_result_from_an_agent_whose_lease_expired_is_refused(make_task_a
         assert taken.attempts == 2
         await agent.changes.announce([taken])
 
-        assert await store.succeed([(held.id, 1, b'"late"')]) == []
+        assert await store.succeed([(held.id, 1, b'"late"')]) == ([], [])
         now = datetime.now(UTC)
         assert await store.retry(held.id, 1, now, "late", "late failure") is None
         assert await store.fail(held.id, 1, "non_retryable", "late", "late failure", None) is None
@@ -81,7 +81,7 @@ async def test_a_result_from_an_agent_whose_lease_expired_is_refused(make_task_a
         assert current.agent == "task_agent/b"
         assert current.result == b""
 
-        [recorded] = await store.succeed([(held.id, 2, b'"on time"')])
+        [recorded], _ = await store.succeed([(held.id, 2, b'"on time"')])
         assert recorded.result == b'"on time"'
         await agent.changes.announce([recorded])
         done = (await stub.GetTask(S.GetTaskRequest(task_id=task.id))).task

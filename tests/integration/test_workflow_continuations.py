@@ -38,6 +38,14 @@ def _running(task: tasks_pb2.Task) -> bool:
     return task.state == tasks_pb2.TASK_STATE_RUNNING
 
 
+async def _stop_while_running(orchestrator, tasks, task_id: str) -> None:
+    """Stops the orchestrator while the task runs: it cannot have heard the task end."""
+    await until(tasks, task_id, _running)
+    await orchestrator.stop()
+    task = (await tasks.GetTask(tasks_pb2.GetTaskRequest(task_id=task_id))).task
+    assert _running(task), "the task ended before its orchestrator stopped: make it longer"
+
+
 async def test_a_chain_runs_on_in_the_task_agent_while_its_orchestrator_is_down(
     make_task_agent, make_orchestrator
 ) -> None:
@@ -47,13 +55,12 @@ async def test_a_chain_runs_on_in_the_task_agent_while_its_orchestrator_is_down(
     async with channel_to(first.server.port, "orchestrator") as channel:
         workflows = workflows_pb2_grpc.WorkflowServiceStub(channel)
         await register(workflows, CHAIN)
-        run_id = (await start(workflows, "chain", {"nap": 0.3, "user": USER})).run.id
+        run_id = (await start(workflows, "chain", {"nap": 1.5, "user": USER})).run.id
     async with stub_for(agent) as tasks:
-        await until(tasks, _task_id(run_id, "nap"), _running)
-        await first.stop()
+        await _stop_while_running(first, tasks, _task_id(run_id, "nap"))
         last = await until_exists(tasks, _task_id(run_id, "three"), terminal)
         assert last.state == tasks_pb2.TASK_STATE_SUCCEEDED
-        expected = {"got": {"slept": 0.3, "user": USER}}
+        expected = {"got": {"slept": 1.5, "user": USER}}
         assert json.loads(last.result) == expected
 
         second = await make_orchestrator(agent, stale_run_s=600)
@@ -77,7 +84,7 @@ def _nap_then_long(**workflow: object) -> dict:
         "name": "slow",
         **workflow,
         "steps": [
-            {"name": "nap", "type": "sleep", "input": {"seconds": 0.2}},
+            {"name": "nap", "type": "sleep", "input": {"seconds": 1.5}},
             {"name": "long", "type": "sleep", "depends_on": ["nap"], "input": {"seconds": 60}},
         ],
     }
@@ -95,8 +102,7 @@ async def _long_started_ahead(
         await register(workflows, definition)
         run = (await start(workflows, "slow", {})).run
     async with stub_for(agent) as tasks:
-        await until(tasks, _task_id(run.id, "nap"), _running)
-        await first.stop()
+        await _stop_while_running(first, tasks, _task_id(run.id, "nap"))
         await until_exists(tasks, _task_id(run.id, "long"), _running)
     return agent, run
 
@@ -107,10 +113,10 @@ async def test_a_run_that_timed_out_cancels_the_step_started_ahead_of_it(
     """The agent starts `long` while the orchestrator is down, and the run's deadline passes
     before the orchestrator hears that `nap` ended: the run fails, and `long` is
     cancelled."""
-    definition = _nap_then_long(timeout_s=1)
+    definition = _nap_then_long(timeout_s=2)
     agent, started = await _long_started_ahead(make_task_agent, make_orchestrator, definition)
     # The deadline is a time on the clock, not an event: wait until it has passed.
-    deadline = started.created_at.ToDatetime(tzinfo=UTC) + timedelta(seconds=1.1)
+    deadline = started.created_at.ToDatetime(tzinfo=UTC) + timedelta(seconds=2.1)
     await asyncio.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
 
     second = await make_orchestrator(agent, stale_run_s=600, reconcile_interval_s=0.2)
