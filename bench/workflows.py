@@ -54,11 +54,12 @@ Stub = workflows_pb2_grpc.WorkflowServiceStub
 
 
 def chain(name: str, steps: int) -> dict[str, Any]:
-    """`steps` echo steps, each depending on the one before and taking its output."""
-    first = {"name": "s1", "type": "echo", "input": {"n": {"$ref": "input.n"}}}
+    """`steps` echo steps (bench.echo: echo that says when its handler started), each
+    depending on the one before and taking the start of its handler."""
+    first = {"name": "s1", "type": "bench.echo", "input": {"n": {"$ref": "input.n"}}}
     rest = [
-        {"name": f"s{k}", "type": "echo", "depends_on": [f"s{k - 1}"],
-         "input": {"prev": {"$ref": f"steps.s{k - 1}.output"}}}
+        {"name": f"s{k}", "type": "bench.echo", "depends_on": [f"s{k - 1}"],
+         "input": {"after": {"$ref": f"steps.s{k - 1}.output.started"}}}
         for k in range(2, steps + 1)
     ]  # fmt: skip
     return {"name": name, "steps": [first, *rest]}
@@ -91,7 +92,9 @@ class Platform:
         }
 
     def _env(self, service: str) -> dict[str, str]:
+        handlers = '["services.task_agent.builtins", "bench.handlers"]'
         return {
+            **({"AGENTRY_HANDLER_MODULES": handlers} if service == "task_agent" else {}),
             "AGENTRY_REDIS_PREFIX": self.prefix,
             "AGENTRY_GRPC_PORT": str(self.ports.grpc(service)),
             "AGENTRY_INSTANCE": f"{self.prefix}-{service}",
@@ -201,12 +204,26 @@ async def _start_runs(stub: Stub, workflow: str, inputs: Sequence[Any], n: int) 
     return round_trips
 
 
+async def _handler_gaps(stub: Stub, conn: Conn, workflow: str) -> dict[str, Any]:
+    """handler_gap: a step's handler started → the next step's handler started, over every
+    run of `workflow` (bench.echo steps report it, read back through GetRun): a step's
+    start as the code in it sees it, the dependency's run and result write included."""
+    gaps = []
+    for (run_id,) in await _query(
+        conn, "SELECT id FROM orchestrator.runs WHERE workflow = %s", workflow
+    ):
+        reply = await stub.GetRun(workflows_pb2.GetRunRequest(run_id=str(run_id)), timeout=30)
+        gaps += [json.loads(s.output)["gap_ms"] for s in reply.run.steps if b"gap_ms" in s.output]
+    return {"handler_gap_ms": distribution(gaps)}
+
+
 async def _chain_gaps(conn: Conn, workflow: str) -> dict[str, Any]:
-    """Where the time between two steps of a chain goes, over every run of `workflow`:
-    - overhead: the dependency's task finished → the step's task started;
-    - stored: that task finished → the step's task stored (by the task agent, as a
-      continuation of the task before, or when the orchestrator submitted it);
-    - queued: stored → started, in the task agent;
+    """Where the time between two steps of a chain goes, over every run of `workflow`, by
+    the tables' clock:
+    - overhead: the dependency's task finished → the step's task started (0 for a chain
+      link, stored and claimed by the statement that records its dependency's result;
+      `_handler_gaps` measures when the handlers run);
+    - queued: the step's task stored → started, in the task agent;
     - noticed: the dependency's task finished → the orchestrator began advancing the run
       (its transaction's now(), which it writes as the dependency's finished_at): its
       bookkeeping, which a chain's steps started as continuations do not wait for.
@@ -229,7 +246,6 @@ async def _chain_gaps(conn: Conn, workflow: str) -> dict[str, Any]:
             _, _, seen_end, _, _, prev_finished, _ = steps[k - 1]
             _, _, _, created, started, _, _ = steps[k]
             parts["overhead"].append(_ms(started, prev_finished))
-            parts["stored"].append(_ms(created, prev_finished))
             parts["queued"].append(_ms(started, created))
             parts["noticed"].append(_ms(seen_end, prev_finished))
     return {f"{name}_ms": distribution(samples) for name, samples in parts.items()}
@@ -336,6 +352,7 @@ class WorkflowBench:
                 "rate": rate,
                 "offered_runs_per_s": offered,
                 **(await _chain_gaps(conn, workflow)),
+                **(await _handler_gaps(stub, conn, workflow)),
             }
 
     async def one_at_a_time(self, workflow: str, n: int) -> dict[str, Any]:
@@ -346,7 +363,8 @@ class WorkflowBench:
             for i in range(n):
                 await _start_runs(stub, workflow, [{"n": i}], 1)
                 await _wait_runs(conn, workflow, i + 1, 30.0, self._platform.check_alive)
-            return {"runs": n, **(await _chain_gaps(conn, workflow))}
+            gaps = await _handler_gaps(stub, conn, workflow)
+            return {"runs": n, **(await _chain_gaps(conn, workflow)), **gaps}
 
     async def fan_out(self, workflow: str, width: int) -> dict[str, Any]:
         """One run over `width` items: StartRun sent → the run seen SUCCEEDED, with the

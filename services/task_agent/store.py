@@ -79,12 +79,21 @@ _SUCCEED = """
     )
 )
 # The results, and the continuations of the tasks whose results are recorded, in one
-# statement: a continuation exists if and only if the task before it succeeded.
+# statement: a continuation exists if and only if the task before it succeeded, and its
+# times are the statement's, as its predecessor's end is.
+_CONTINUATION_TIMES = {
+    "created_at": "now()",
+    "updated_at": "now()",
+    "run_at": "now()",
+    "dispatched_at": "now()",
+    "started_at": "CASE WHEN c.agent IS NOT NULL THEN now() END",
+    "lease_expires_at": "now() + (c.lease_expires_at - c.created_at)",
+}
 _SUCCEED_CONTINUING = f"""
     WITH done AS ({_SUCCEED}),
     continued AS (
         INSERT INTO tasks.tasks ({", ".join(_INSERT_COLUMNS)})
-        SELECT {", ".join(_INSERT_COLUMNS)}
+        SELECT {", ".join(_CONTINUATION_TIMES.get(c, f"c.{c}") for c in _INSERT_COLUMNS)}
           FROM unnest({_PLACEHOLDERS}, %(after)b::uuid[])
                AS c({", ".join(_INSERT_COLUMNS)}, after_id)
          WHERE c.after_id IN (SELECT id FROM done)

@@ -142,6 +142,7 @@ class Tasks:
         await self._dispatcher.send([t for t in created if t.id not in held])
         if self._eager is not None and held:
             self._eager.adopt([t for t in created if t.id in held])
+            await asyncio.sleep(0)  # their handlers start before the ends are announced
         stored = {t.id for t in created}
         continued: dict[uuid.UUID, list[uuid.UUID]] = {}
         for after, new in continuing:
