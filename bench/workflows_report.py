@@ -18,8 +18,8 @@ def rows(figures: dict[str, Any]) -> list[Row]:
     alone, loaded = serial["overhead_ms"], paced["overhead_ms"]
     rate = f"{paced['offered_runs_per_s']:.0f} runs/s"
     return [
-        _at_least(f"Chain: {ch['runs']:,} runs x {ch['steps']} echo, {ch['in_flight']} in flight",
-                  ch["runs_per_s"], "runs/s", 200),
+        _at_least(f"Chain: {ch['runs']:,} runs x {ch['steps']} bench.echo, "
+                  f"{ch['in_flight']} in flight", ch["runs_per_s"], "runs/s", 200),
         _at_least("  steps", ch["steps_per_s"], "steps/s", 1000),
         Row("  as the client saw it (first StartRun -> all SUCCEEDED)", ch["client_runs_per_s"],
             "runs/s"),
