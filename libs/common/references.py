@@ -5,7 +5,7 @@ them, and task continuations their payloads."""
 import copy
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from libs.common.errors import InvalidArgument
@@ -46,17 +46,22 @@ def _ref_of(obj: Mapping[str, Any]) -> str:
     return ref
 
 
-def resolve(template: Any, context: Mapping[str, Any]) -> Any:
-    """A copy of `template` with every reference replaced by the value it names in `context`
-    (a workflow's: input, steps (name -> {"output": ...}), item, error). Values taken from `context` are
-    copied as they are: references inside them are data, not followed."""
+def replace_refs(template: Any, replace: Callable[[str], Any]) -> Any:
+    """A copy of `template` with every reference replaced by `replace(reference)`, which is
+    put in as it is: references inside it are not followed."""
     if isinstance(template, dict):
         if "$ref" in template:
-            return copy.deepcopy(_lookup(_ref_of(template), context))
-        return {key: resolve(value, context) for key, value in template.items()}
+            return replace(_ref_of(template))
+        return {key: replace_refs(value, replace) for key, value in template.items()}
     if isinstance(template, list):
-        return [resolve(value, context) for value in template]
+        return [replace_refs(value, replace) for value in template]
     return template
+
+
+def resolve(template: Any, context: Mapping[str, Any]) -> Any:
+    """A copy of `template` with every reference replaced by a copy of the value it names in
+    `context` (a workflow's: input, steps (name -> {"output": ...}), item, error), as data."""
+    return replace_refs(template, lambda ref: copy.deepcopy(_lookup(ref, context)))
 
 
 def _lookup(ref: str, context: Mapping[str, Any]) -> Any:

@@ -12,8 +12,10 @@ import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from agentry.tasks.v1 import tasks_pb2
+from libs.common.references import replace_refs
 from libs.common.task_ids import task_id_for
 from services.orchestrator.dag import Item, StepState
 from services.orchestrator.definition import StepDef, WorkflowDef
@@ -27,18 +29,19 @@ DEPTH = 8
 MAX_INPUT_BYTES = 16 * 1024
 
 
-def _template(template: object, after: str) -> object:
+def _template(template: Any, after: str) -> Any:
     """`template` with its references to step `after`'s output made references to the
     result of its task."""
-    if isinstance(template, dict):
-        if "$ref" in template:
-            ref = template["$ref"]
-            output = f"steps.{after}.output"
-            return {"$ref": "result" + ref[len(output) :]} if ref.startswith(output) else template
-        return {key: _template(value, after) for key, value in template.items()}
-    if isinstance(template, list):
-        return [_template(value, after) for value in template]
-    return template
+    output = f"steps.{after}.output"
+    return replace_refs(
+        template,
+        lambda ref: {"$ref": "result" + ref[len(output) :] if ref.startswith(output) else ref},
+    )
+
+
+def _link_id(run: RunRecord, step: str) -> uuid.UUID:
+    """The id of the task of chain link `step` in the run's current attempt."""
+    return task_id_for(step_key(run.id, step, 0, run.attempt))
 
 
 def attach(spec: tasks_pb2.TaskSpec, defn: WorkflowDef, step: StepDef, run: RunRecord) -> None:
@@ -70,11 +73,7 @@ def _attach(
 def _link_ids(defn: WorkflowDef, run: RunRecord, but: Collection[str]) -> dict[uuid.UUID, str]:
     """The task ids the chain links of the run's current attempt have, wherever started,
     but those of the steps `but`."""
-    return {
-        task_id_for(step_key(run.id, name, 0, run.attempt)): name
-        for name in defn.chained_steps()
-        if name not in but
-    }
+    return {_link_id(run, name): name for name in defn.chained_steps() if name not in but}
 
 
 def started_early(
@@ -103,17 +102,18 @@ def unwanted_ahead(
     run: RunRecord,
     tasks: Sequence[StepTask],
     ends: Sequence[TaskEnd],
-    kept: Collection[str],
+    starting: Collection[str] = (),
 ) -> list[uuid.UUID]:
     """The tasks an agent may have started as continuations of the tasks that succeeded
-    among `ends`, but those of the steps `kept` (recorded, or starting now): those of a run
-    that ended, or stopped starting steps (one failed), to cancel."""
+    among `ends`, but those of the steps recorded in `tasks` or `starting` now: those of a
+    run that ended, or stopped starting steps (one failed), to cancel."""
     step_of = {task.task_id: task.step for task in tasks if task.task_id is not None}
+    kept = {*step_of.values(), *starting}
     succeeded = [end for end in ends if end.state == StepState.SUCCEEDED]
     if any(end.task_id not in step_of for end in succeeded):
         step_of.update(_link_ids(defn, run, ()))
     return [
-        task_id_for(step_key(run.id, link.name, 0, run.attempt))
+        _link_id(run, link.name)
         for end in succeeded
         if end.task_id in step_of
         for link in defn.chained_after(step_of[end.task_id])

@@ -52,7 +52,6 @@ from services.orchestrator.run_store import (
     RunStore,
     RunTx,
     StartedStep,
-    StepTask,
 )
 from services.orchestrator.task_client import (
     LOST,
@@ -89,10 +88,6 @@ class StepDetail:
 class RunDetail:
     run: RunRecord
     steps: list[StepDetail]
-
-
-def _steps(tasks: Sequence[StepTask]) -> set[str]:
-    return {task.step for task in tasks}
 
 
 def _uuid(value: str, what: str) -> uuid.UUID:
@@ -292,8 +287,6 @@ class Runs:
         continuations.py), and what it started for runs that ended is cancelled."""
         moves: list[Move] = []
         unwanted: list[uuid.UUID] = []
-        # The steps each run had recorded, and records now.
-        kept: dict[uuid.UUID, set[str]] = {}
         with self._tasks.hold() as hold:
             async with self._store.locked(list(ends_by_run)) as tx:
                 early: list[StartedStep] = []
@@ -302,7 +295,7 @@ class Runs:
                     tasks, marks = tx.steps[run.id]
                     ends = ends_by_run[run.id]
                     if run.state != RunState.RUNNING:
-                        unwanted += unwanted_ahead(defn, run, tasks, ends, _steps(tasks))
+                        unwanted += unwanted_ahead(defn, run, tasks, ends)
                         continue
                     ahead = started_early(defn, run, tasks, ends)
                     early += [
@@ -318,19 +311,13 @@ class Runs:
                     move = plan_move(run, defn, tasks, marks, ends)
                     move.events[:0] = [("step.started", t.step, {"tasks": 1}) for t in ahead]
                     moves.append(move)
-                    kept[run.id] = _steps(tasks)
+                    starting = {start.step.name for start in move.plan.start}
+                    unwanted += unwanted_ahead(defn, run, tasks, ends, starting)
                 await tx.add_tasks(early)
                 await tx.finish_tasks(
                     [end for m in moves for end in ends_by_run[m.run.id] if end.state != LOST]
                 )
                 await self._carry_out(tx, moves, hold)
-        for move in moves:
-            tasks, _ = tx.steps[move.run.id]
-            ends = ends_by_run[move.run.id]
-            started = {start.step.name for start in move.plan.start}
-            unwanted += unwanted_ahead(
-                move.defn, move.run, tasks, ends, kept[move.run.id] | started
-            )
         await self._follow_up(moves, hold)
         if unwanted:
             await self._tasks.cancel(unwanted)

@@ -68,23 +68,20 @@ class TaskChanges:
 
     async def announce(
         self,
-        changed: Sequence[Task],
-        new: bool = False,
+        changed: Sequence[Task] = (),
         dead_lettered: bool = False,
         continued: Mapping[uuid.UUID, Sequence[uuid.UUID]] | None = None,
         created: Sequence[Task] = (),
     ) -> None:
-        """Cache writes and events in one round trip. `new`: the tasks were just created, so
-        no cached copy can exist to update; the first read fills the cache. `dead_lettered`:
-        the failed tasks among them went to the dead letters. `continued`: the tasks that
-        succeeded tasks submitted as their continuations, which their events name, and
-        `created` those tasks (new), announced first."""
+        """Cache writes and events in one round trip. `dead_lettered`: the failed tasks
+        among `changed` went to the dead letters. `continued`: the tasks each succeeded
+        task submitted as its continuations, which its event names. `created`: tasks just
+        created (announced first), of which no cached copy can exist to update: the first
+        read fills the cache."""
         if not changed and not created:
             return
-        if created:
-            count_changes(created, True, False)
-        if changed:
-            count_changes(changed, new, dead_lettered)
+        count_changes(created, True, False)
+        count_changes(changed, False, dead_lettered)
         everything = [*created, *changed]
         items = []
         for t in everything:
@@ -106,15 +103,14 @@ class TaskChanges:
                 and len(task.result) <= RESULT_IN_EVENT_BYTES
             ):
                 event.sealed_result = self._keyring.encrypt(task.result, sealed_result_aad(task.id))
-        cached = [] if new else changed
         async with self._redis.pipeline(transaction=False) as pipe:
-            self.cache.queue_put(pipe, cached)
+            self.cache.queue_put(pipe, changed)
             self.events.queue_events(pipe, events)
             replies = await pipe.execute(raise_on_error=False)
-        published = next((r for r in replies[len(cached) :] if isinstance(r, Exception)), None)
+        published = next((r for r in replies[len(changed) :] if isinstance(r, Exception)), None)
         if published is not None:
             raise published
-        await self.cache.settle_put(cached, replies[: len(cached)])
+        await self.cache.settle_put(changed, replies[: len(changed)])
 
     async def progressed(self, task_id: uuid.UUID) -> None:
         """Progress is not worth an event; the cached copy is dropped instead."""

@@ -139,9 +139,7 @@ class Tasks:
         held = self._take_eagerly([new for _, new in continuing], now)
         holder = self._eager.holder if self._eager else None
         recorded, created = await self._store.succeed(outcomes, continuing, now, held, holder)
-        await self._dispatcher.send([t for t in created if t.id not in held])
-        if self._eager is not None and held:
-            self._eager.adopt([t for t in created if t.id in held])
+        if await self._run_or_dispatch(created, held):
             await asyncio.sleep(0)  # their handlers start before the ends are announced
         stored = {t.id for t in created}
         continued: dict[uuid.UUID, list[uuid.UUID]] = {}
@@ -157,11 +155,18 @@ class Tasks:
         holder = self._eager.holder if self._eager else None
         stored = await self._store.insert(new, now, held, holder)
         created = [task for task, was_created in stored if was_created]
-        await self._dispatcher.send([t for t in created if t.id not in held])
-        if self._eager is not None and held:
-            self._eager.adopt([t for t in created if t.id in held])
-        await self._changes.announce(created, new=True)
+        await self._run_or_dispatch(created, held)
+        await self._changes.announce(created=created)
         return stored
+
+    async def _run_or_dispatch(self, created: Sequence[Task], held: set[uuid.UUID]) -> bool:
+        """Runs the tasks just stored claimed by this agent, and dispatches the others;
+        answers whether it runs any."""
+        await self._dispatcher.send([t for t in created if t.id not in held])
+        running = [t for t in created if t.id in held]
+        if self._eager is not None and running:
+            self._eager.adopt(running)
+        return bool(running)
 
     def _take_eagerly(self, new: Sequence[NewTask], now: datetime) -> set[uuid.UUID]:
         """The tasks this agent claims as it stores them, up to its idle slots: they start

@@ -52,7 +52,20 @@ class _Running:
     result: bytes | None = field(default=None, repr=False)
 
 
+# Records results (id, attempt, result) with the continuations of the tasks that succeeded
+# (the id of the task each follows, and its submission): answers the tasks recorded, the
+# continuations stored, and those each recorded task continued with.
+RecordResults = Callable[
+    [Sequence[tuple[uuid.UUID, int, bytes]], Sequence[tuple[uuid.UUID, Submission]]],
+    Awaitable[tuple[list[Task], list[Task], dict[uuid.UUID, list[uuid.UUID]]]],
+]
+
+
 class Worker:
+    # TaskService's, set once it is built (it runs tasks through this worker as they are
+    # submitted).
+    record_results: RecordResults
+
     def __init__(
         self,
         agent_id: str,
@@ -86,15 +99,6 @@ class Worker:
         self._backlog = False
         self._processes: ProcessPoolExecutor | None = None
         self.last_read_at = 0.0
-        # Records results with the continuations of the tasks that succeeded (TaskService's,
-        # once it is built: it runs tasks through this worker as they are submitted).
-        self.record_results: (
-            Callable[
-                [Sequence[tuple[uuid.UUID, int, bytes]], Sequence[tuple[uuid.UUID, Submission]]],
-                Awaitable[tuple[list[Task], list[Task], dict[uuid.UUID, list[uuid.UUID]]]],
-            ]
-            | None
-        ) = None
 
     def _process_pool(self) -> ProcessPoolExecutor:
         # Spawned, not forked: a fork of a process running gRPC threads is not safe.
@@ -257,10 +261,7 @@ class Worker:
             await self._finish(entry)
         outcomes = [(e.task.id, e.task.attempts, e.result or b"null") for e in batch]
         follows = [follow for e in batch if e.task.continuations for follow in self._follows(e)]
-        if self.record_results is not None:
-            recorded, created, continued = await self.record_results(outcomes, follows)
-        else:
-            (recorded, created), continued = await self._store.succeed(outcomes), {}
+        recorded, created, continued = await self.record_results(outcomes, follows)
         if len(recorded) < len(batch):
             kept = {t.id for t in recorded}
             for entry in batch:
